@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.s3server"]
+
 _DEFAULT_HIPPO = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "Task04_Hippocampus"
 
 

@@ -22,9 +22,9 @@ NormalizationScheme = Literal["CT", "nonCT", "noNorm"]
 
 
 class IntensityStats(BaseModel):
-    """Foreground intensity statistics of one modality (spec §2.2)."""
+    """Foreground intensity statistics of one modality (spec §2.2); NaN (stored as "NaN") if no foreground."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
 
     mean: float
     sd: float

@@ -39,6 +39,9 @@ class CaseProperties(Document):
     class_locations: dict[int, list[list[int]]] = Field(
         default_factory=dict, description="Per foreground class, sampled voxel coordinates (transposed order)."
     )
+    preprocessing_digest: str = Field(
+        default="", description="Hash of the preprocessing parameters used (a rerun with others redoes the case)."
+    )
 
 
 def data_file(case_id: str) -> str:

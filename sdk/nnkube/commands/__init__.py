@@ -1,0 +1,1 @@
+"""Sub-commands of the ``nnkube`` CLI, one typer app per module."""
