@@ -121,9 +121,11 @@ def train_iterations(dataset_id: int, configuration: str, fold: int, iterations:
             torch.cuda.synchronize()
         if index >= warmup:
             step_s.append(time.perf_counter() - t0)
-    # The loader's queue refills while we are not drawing; drain what is cached, then time steady draws.
-    for _ in range(8):
-        next(trainer.dataloader_train)
+    # The loader's queues refill while we are not drawing: drain everything that can be buffered (the mp queue,
+    # the pin-memory queue, one item per worker), then time steady-state draws.
+    loader = trainer.dataloader_train
+    for _ in range(2 * getattr(loader, "num_cached", 0) + getattr(loader, "num_processes", 0) + 1):
+        next(loader)
     t0 = time.perf_counter()
     for _ in range(loader_batches):
         next(trainer.dataloader_train)

@@ -90,7 +90,8 @@ class SeaweedServer:
         p = self.ports
         return [
             weed, "server", f"-dir={self.data_dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={p['master']}", "-master.telemetry=false", "-master.resumeState=false", "-master.volumeSizeLimitMB=64",
+            f"-master.port={p['master']}", "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
+            "-master.resumeState=false",  # else a restart waits ~20 s for a raft election
             f"-volume.port={p['volume']}", "-volume.max=0",
             "-filer", f"-filer.port={p['filer']}", f"-filer.localSocket={self.data_dir / 'filer.sock'}",
             "-s3", f"-s3.port={p['s3']}", f"-s3.config={config}", f"-s3.localSocket={self.data_dir / 's3.sock'}",
@@ -134,7 +135,9 @@ class SeaweedServer:
             except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"weed server not ready after {timeout} s ({exc}); log:\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"weed server not ready after {timeout} s ({exc}); log:\n{self.log_tail()}"
+                    ) from exc
             time.sleep(0.25)
 
     def stop(self) -> None:
@@ -178,7 +181,9 @@ class SeaweedServer:
             aws_access_key_id=self.access_key,
             aws_secret_access_key=secret_key or self.secret_key,
             region_name=self.region,
-            config=Config(retries={"max_attempts": 1, "mode": "standard"}, s3={"addressing_style": "path"}, **options),
+            config=Config(
+                retries={"total_max_attempts": 1, "mode": "standard"}, s3={"addressing_style": "path"}, **options
+            ),
         )
 
     def settings(self, **overrides):

@@ -11,7 +11,6 @@ and problem. Files are read in a bounded thread pool.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import zlib
@@ -42,10 +41,9 @@ from .layout import (
     suffix_of_entry,
 )
 from .models import DATASET_JSON, DatasetJson, case_id_from_entry, load_dataset_json, unsafe_case_id_reason
+from .nifti_scan import NiftiScanError, is_nifti, scan_nifti
 
 log = logging.getLogger(__name__)
-
-_GZIP_CHUNK = 4 * 1024 * 1024
 
 
 class Problem(BaseModel):
@@ -358,72 +356,88 @@ def _check_case(root: Path, job: _CaseFiles, exp: _Expected) -> tuple[_Findings,
     """Read every file of one case and check it; returns findings, orientation per imagesTr file, files read."""
     found = _Findings()
     loaded: dict[str, sitk.Image] = {}
+    nonfinite: dict[str, tuple[int, int] | None] = {}
     for rel in ([job.label] if job.label else []) + job.images:
-        image = _read_checked(root, rel, job.case, found)
+        image, counts = _read_checked(root, rel, job.case, found)
         if image is not None:
-            loaded[rel] = image
-    n_read = len(loaded)
+            loaded[rel], nonfinite[rel] = image, counts
     for rel in job.images:
         if rel in loaded:
-            _check_image_values(loaded[rel], rel, job.case, found)
+            _check_image_values(loaded[rel], rel, job.case, nonfinite[rel], found)
     if job.label in loaded:
-        _check_label_values(loaded[job.label], job.label, job.case, exp.labels, found)
+        _check_label_values(loaded[job.label], job.label, job.case, exp.labels, nonfinite[job.label], found)
     _check_geometry(job, loaded, found)
     orientations = {
         rel: sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection())
         for rel, img in loaded.items()
         if rel.startswith(IMAGES_TR + "/")
     }
-    return found, orientations, n_read
+    return found, orientations, len(loaded)
 
 
-def _read_checked(root: Path, rel: str, case: str, found: _Findings) -> sitk.Image | None:
-    """Read one file, reporting an empty, corrupt, unreadable, non-3D or vector image (then None)."""
+def _read_checked(
+    root: Path, rel: str, case: str, found: _Findings
+) -> tuple[sitk.Image | None, tuple[int, int] | None]:
+    """Read one file, reporting an empty, corrupt, unreadable, non-3D or vector image (then ``None``).
+
+    Returns:
+        The image and, for NIfTI files, the ``(NaN, Inf)`` voxel counts of the raw bytes (SimpleITK reads
+        non-finite NIfTI voxels as 0, so they must be counted on disk); None for other formats.
+    """
     path = root / rel
+    counts = None
     try:
         if path.stat().st_size == 0:
             found.add(case, rel, "empty file (0 bytes)")
-            return None
-        if rel.lower().endswith(".gz"):
-            with gzip.open(path, "rb") as stream:
-                while stream.read(_GZIP_CHUNK):
-                    pass
+            return None, None
+        if is_nifti(path):
+            scan = scan_nifti(path)
+            counts = (scan.nan, scan.inf)
+    except NiftiScanError as exc:
+        found.add(case, rel, f"cannot read image ({exc})")
+        return None, None
     except (OSError, EOFError, zlib.error) as exc:
         found.add(case, rel, f"corrupt or truncated gzip data ({exc})")
-        return None
+        return None, None
     try:
         image = read_sitk(path)
     except BadInputError as exc:
         found.add(case, rel, str(exc).replace(f"{path}: ", "", 1))
-        return None
+        return None, None
     dim, comps = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
     if dim != 3:
         what = "4D image where a 3D image is expected" if dim == 4 else f"{dim}D image; expected a 3D image"
         found.add(case, rel, f"{what} (size {tuple(image.GetSize())})")
-        return None
+        return None, None
     if comps != 1:
         found.add(case, rel, f"{comps} components per voxel; expected one scalar per voxel")
-        return None
-    return image
+        return None, None
+    return image, counts
 
 
-def _check_image_values(image: sitk.Image, rel: str, case: str, found: _Findings) -> None:
-    array = sitk.GetArrayViewFromImage(image)
+def _nonfinite(array: np.ndarray, counts: tuple[int, int] | None) -> tuple[int, int]:
+    if counts is not None:
+        return counts
     if not np.issubdtype(array.dtype, np.floating):
-        return
-    n_nan, n_inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+        return 0, 0
+    return int(np.isnan(array).sum()), int(np.isinf(array).sum())
+
+
+def _check_image_values(image: sitk.Image, rel: str, case: str, counts: tuple[int, int] | None,
+                        found: _Findings) -> None:
+    n_nan, n_inf = _nonfinite(sitk.GetArrayViewFromImage(image), counts)
     if n_nan or n_inf:
         found.add(case, rel, f"contains non-finite values ({n_nan} NaN, {n_inf} Inf voxels)")
 
 
 def _check_label_values(image: sitk.Image, rel: str, case: str, declared: list[int] | None,
-                        found: _Findings) -> None:
+                        counts: tuple[int, int] | None, found: _Findings) -> None:
     array = sitk.GetArrayViewFromImage(image)
+    n_nan, n_inf = _nonfinite(array, counts)
+    if n_nan or n_inf:
+        found.add(case, rel, f"label map contains non-finite values ({n_nan} NaN, {n_inf} Inf voxels)")
     if np.issubdtype(array.dtype, np.floating):
-        finite = np.isfinite(array)
-        if not finite.all():
-            found.add(case, rel, f"label map contains {int((~finite).sum())} NaN/Inf voxels")
-            array = array[finite]
+        array = array[np.isfinite(array)]
         fractional = array[array != np.round(array)]
         if fractional.size:
             examples = ", ".join(f"{v:g}" for v in np.unique(fractional)[:3])

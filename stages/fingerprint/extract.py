@@ -68,6 +68,8 @@ def find_case_files(task_dir: str | Path, dataset: DatasetJson | None = None) ->
     task_dir = Path(task_dir)
     dataset = dataset or load_dataset_json(task_dir)
     modalities = dataset.modality_indices
+    if modalities != list(range(len(modalities))):
+        raise DatasetError(f"{task_dir}/dataset.json: modality keys must be 0..{len(modalities) - 1}, got {modalities}")
     problems, cases = [], []
     for entry, case_id in zip(dataset.training, dataset.case_ids()):
         reason = unsafe_case_id_reason(case_id)

@@ -8,7 +8,7 @@ import os
 import shutil
 from collections.abc import Iterator
 
-from stages.errors import AccessDeniedError, NotFoundError, StorageError
+from stages.errors import AccessDeniedError, BadInputError, NotFoundError, StorageError
 from stages.storage.backend import CHUNK, TMP_PREFIX, Backend, atomic_write
 from stages.storage.uri import to_local_path
 
@@ -24,8 +24,8 @@ def local_errors(path: str) -> Iterator[None]:
         raise NotFoundError(f"{exc.filename or path} is a folder, not a file") from exc
     except PermissionError as exc:
         raise AccessDeniedError(f"permission denied: {exc.filename or path}") from exc
-    except NotADirectoryError as exc:
-        raise NotFoundError(f"{path}: a parent of it is a file, not a folder") from exc
+    except (NotADirectoryError, FileExistsError) as exc:
+        raise BadInputError(f"{path}: a parent of it is a file, not a folder") from exc
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise StorageError(f"no space left on device writing {path}") from exc

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from stages.errors import ChecksumMismatchError, NotFoundError, StorageError
+from stages.errors import BadInputError, ChecksumMismatchError, NotFoundError, StorageError
 from stages.storage.backend import CHUNK, Backend, atomic_write, sha256_bytes, sha256_file
 from stages.storage.local import local_errors
 from stages.storage.retry import call_with_retries, error_code
@@ -143,7 +143,7 @@ class S3Backend(Backend):
     def _put(self, uri: str, size: int, read_range: ReadRange, sha: str) -> None:
         bucket, key = split_s3(uri)
         if not key or key.endswith("/"):
-            raise StorageError(f"{uri}: an object key must not be empty or end with '/'")
+            raise BadInputError(f"{uri}: an object key must not be empty or end with '/'")
         if size < self.settings.multipart_threshold:
             body = read_range(0, size)
             self._api("put_object", uri, Bucket=bucket, Key=key, Body=body, Metadata={SHA_KEY: sha})

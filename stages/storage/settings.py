@@ -93,9 +93,9 @@ def current_settings() -> StorageSettings:
 def s3_client(settings: StorageSettings | None = None):
     """Return the boto3 S3 client for ``settings`` (default: :func:`current_settings`), cached and shared.
 
-    botocore's own retries are switched off (one attempt) so that the retry loop of this package is the only
-    one in force; request checksums are computed only where S3 requires them, which keeps the client compatible
-    with S3 servers other than AWS.
+    botocore's own retries are switched off (``total_max_attempts=1``) so that the retry loop of this package
+    is the only one in force; request checksums are computed only where S3 requires them, which keeps the
+    client compatible with S3 servers other than AWS.
     """
     settings = settings or current_settings()
     with _lock:
@@ -113,7 +113,7 @@ def _make_client(settings: StorageSettings):
     style = settings.addressing_style or ("path" if settings.endpoint_url else "auto")
     config = Config(
         region_name=settings.region,
-        retries={"max_attempts": 1, "mode": "standard"},
+        retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         max_pool_connections=64,

@@ -194,7 +194,7 @@ DEFECTS: list[Defect] = [
     Defect("image_inf", _set_voxels(_image("case_002", 1), np.inf), "case_002", _image("case_002", 1), "2 Inf"),
     Defect("label_non_integer", _set_voxels(_label("case_001"), 0.5), "case_001", _label("case_001"),
            "non-integer label values"),
-    Defect("label_nan", _set_voxels(_label("case_000"), np.nan), "case_000", _label("case_000"), "NaN/Inf"),
+    Defect("label_nan", _set_voxels(_label("case_000"), np.nan), "case_000", _label("case_000"), "non-finite"),
     Defect("label_undeclared_value", _set_voxels(_label("case_002"), 3, np.uint8), "case_002", _label("case_002"),
            "label values [3] are not declared"),
     Defect("label_negative_value", _set_voxels(_label("case_002"), -1, np.int16), "case_002", _label("case_002"),

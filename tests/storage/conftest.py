@@ -61,7 +61,6 @@ class _Raw:
 def error_response(request, status: int, code: str) -> AWSResponse:
     """An S3 error response, as a ``before-send`` handler returns it instead of sending ``request``."""
     body = (
-        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-        f"<Message>injected {code}</Message></Error>"
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>injected {code}</Message></Error>'
     ).encode()
     return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, _Raw(body))
