@@ -23,11 +23,15 @@ sys.exit(0 if m.version('nnunetv2') == '$NNUNETV2_VERSION' and m.version('torch'
     exit 0
 fi
 
+pip_install() {  # drop the per-package "local index ... is ignored" warnings some machines' pip config prints
+    "$VENV/bin/python" -m pip install --quiet "$@" 2> >(grep -v "is ignored: it is neither a file" >&2)
+}
+
 mkdir -p "$(dirname "$VENV")"
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION"
-"$VENV/bin/python" -m pip install --quiet "nnunetv2==$NNUNETV2_VERSION" "torch==$TORCH_VERSION"
+pip_install --upgrade pip
+pip_install "torch==$TORCH_VERSION"
+pip_install "nnunetv2==$NNUNETV2_VERSION" "torch==$TORCH_VERSION"
 "$VENV/bin/python" - <<EOF
 import importlib.metadata as m
 print("installed:", {p: m.version(p) for p in ("nnunetv2", "torch", "dynamic_network_architectures")})

@@ -29,7 +29,15 @@ from stages.errors import BadInputError, DatasetError
 from stages.imageio import Geometry, image_suffix, read_sitk, strip_image_suffix, write_image
 from stages.resources import default_workers
 
-from .layout import IMAGES_TR, IMAGES_TS, LABELS_TR, list_image_files, modality_file_name, visible_entries
+from .layout import (
+    IMAGES_TR,
+    IMAGES_TS,
+    LABELS_TR,
+    list_image_files,
+    modality_file_name,
+    split_image_file_name,
+    visible_entries,
+)
 from .models import DATASET_JSON, TaskName, load_dataset_json
 
 log = logging.getLogger(__name__)
@@ -146,7 +154,14 @@ def _check_msd_folder(msd_dir: Path) -> None:
             problems.append(f"{msd_dir / sub}: folder missing")
     if problems:
         raise DatasetError("; ".join(problems))
-    load_dataset_json(msd_dir)  # raises a DatasetError naming the file when it is missing or invalid
+    cases = set(load_dataset_json(msd_dir).case_ids())  # a DatasetError names the file if missing or invalid
+    for name in list_image_files(msd_dir / IMAGES_TR):
+        parsed = split_image_file_name(name)
+        if parsed and parsed[0] in cases and strip_image_suffix(name) not in cases:
+            raise DatasetError(
+                f"{msd_dir / IMAGES_TR / name}: already named in the nnU-Net layout (<case>_XXXX); "
+                f"{msd_dir} looks converted already"
+            )
 
 
 # A job converts one source file: ("split", src, destination folder) or ("copy", src, destination file).
@@ -176,20 +191,27 @@ def _warn_skipped(folder: Path) -> None:
 
 
 def _run_jobs(jobs: list[_Job], num_processes: int | None, progress: bool) -> None:
-    workers = num_processes or default_workers("nnUNet_def_n_proc", cap=8)
+    """Run every job in a bounded thread pool.
+
+    Unreadable or malformed inputs are collected and raised together as one :class:`DatasetError`; any other
+    error (a full disk, a bug) cancels the remaining jobs and propagates unchanged.
+    """
+    workers = max(1, num_processes or default_workers("nnUNet_def_n_proc", cap=8))
     failures: list[str] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(_run_job, *job): job for job in jobs}
-        bar = tqdm(total=len(jobs), desc="convert", unit="file", disable=None if progress else True)
-        for future in as_completed(futures):
-            exc = future.exception()
-            if exc is not None:
-                if not isinstance(exc, (BadInputError, OSError, RuntimeError, ValueError)):
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = {pool.submit(_run_job, *job): job[1] for job in jobs}
+        with tqdm(total=len(jobs), desc="convert", unit="file", disable=None if progress else True) as bar:
+            for future in as_completed(futures):
+                exc = future.exception()
+                if isinstance(exc, BadInputError):
+                    src = str(futures[future])
+                    failures.append(str(exc) if str(exc).startswith(src) else f"{src}: {exc}")
+                elif exc is not None:
                     raise exc
-                src = str(futures[future][1])
-                failures.append(str(exc) if str(exc).startswith(src) else f"{src}: {exc}")
-            bar.update(1)
-        bar.close()
+                bar.update(1)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     if failures:
         raise DatasetError(f"conversion failed for {len(failures)} file(s): " + "; ".join(sorted(failures)))
 

@@ -11,6 +11,7 @@ and problem. Files are read in a bounded thread pool.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import zlib
@@ -396,8 +397,11 @@ def _read_checked(
     except NiftiScanError as exc:
         found.add(case, rel, f"cannot read image ({exc})")
         return None, None
-    except (OSError, EOFError, zlib.error) as exc:
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         found.add(case, rel, f"corrupt or truncated gzip data ({exc})")
+        return None, None
+    except OSError as exc:
+        found.add(case, rel, f"cannot read file ({exc.strerror or exc})")
         return None, None
     try:
         image = read_sitk(path)

@@ -21,13 +21,13 @@ import typer
 
 from stages import storage
 from stages.dataset.layout import IMAGES_TR, LABELS_TR
-from stages.dataset.models import DATASET_JSON, parse_dataset_json
+from stages.dataset.models import DATASET_JSON, load_dataset_json, parse_dataset_json
 from stages.documents import write_json_atomic
 from stages.errors import BadInputError
 from stages.imageio import strip_image_suffix
 from stages.log import bind_context
 from stages.plan.models import Plans
-from stages.preprocess.preprocessor import preprocess_dataset, training_cases
+from stages.preprocess.preprocessor import preprocess_dataset
 from stages.resources import default_workers
 from stages.storage.transfer import run_parallel
 
@@ -61,12 +61,11 @@ def _stage_dataset(uri: str, shard: tuple[int, int], scratch: Path) -> tuple[Pat
     """Local dataset folder and this shard's case ids; from S3 only this shard's files are downloaded."""
     if not storage.is_s3(uri):
         task_dir = Path(storage.to_local_path(uri))
-        ids = sorted(training_cases(task_dir))
-        return task_dir, ids[shard[0]:: shard[1]]
+        return task_dir, sorted(load_dataset_json(task_dir).case_ids())[shard[0]:: shard[1]]
     raw = storage.read_bytes(storage.join(uri, DATASET_JSON))
     try:
         dataset = parse_dataset_json(json.loads(raw), source=storage.join(uri, DATASET_JSON))
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError or UnicodeDecodeError
         raise BadInputError(f"{storage.join(uri, DATASET_JSON)}: not valid JSON ({exc})") from exc
     task_dir = scratch / "dataset"
     task_dir.mkdir(parents=True)

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from stages.preprocess.workers import map_cases
 log = logging.getLogger(__name__)
 
 GT_FOLDER = "gt_segmentations"
-_INT8_MIN, _INT8_MAX = -1, 127
+_INT8_MAX = 127
 
 
 class PreprocessParams(BaseModel):
@@ -224,26 +224,37 @@ def is_case_complete(folder: str | os.PathLike, case_id: str, digest: str | None
     return seg is None or (list(seg.shape) == [1, *shape] and seg.dtype == np.int8)
 
 
-def training_cases(task_dir: str | os.PathLike, dataset: DatasetJson | None = None
-                   ) -> dict[str, tuple[list[Path], Path]]:
-    """Image and label files of every training case of a raw dataset.
+def training_cases(task_dir: str | os.PathLike, dataset: DatasetJson | None = None,
+                   only: Collection[str] | None = None) -> dict[str, tuple[list[Path], Path]]:
+    """Image and label files of the training cases of a raw dataset.
 
     Modalities are ``imagesTr/<case>_XXXX<suffix>``; a single-modality MSD dataset's ``imagesTr/<case><suffix>``
     is accepted as modality 0.
+
+    Args:
+        task_dir: Raw dataset folder.
+        dataset: Its parsed ``dataset.json`` (read from ``task_dir`` when None).
+        only: Restrict to these case ids (files of other cases need not be present).
 
     Returns:
         ``{case_id: (image_files, label_file)}`` in ``dataset.json`` order.
 
     Raises:
-        DatasetError: A case id is unsafe or a file is missing (all problems listed).
+        DatasetError: A case id is unsafe, unknown (in ``only``) or a file is missing (all problems listed).
     """
     task_dir = Path(task_dir)
     dataset = dataset or load_dataset_json(task_dir)
     n_mod = dataset.num_modalities
     out: dict[str, tuple[list[Path], Path]] = {}
     problems: list[str] = []
+    if only is not None:
+        unknown = sorted(set(only) - set(dataset.case_ids()))
+        if unknown:
+            problems.append(f"cases not in dataset.json: {', '.join(unknown)}")
     for entry in dataset.training:
         case_id = case_id_from_entry(entry.image, IMAGES_TR)
+        if only is not None and case_id not in only:
+            continue
         reason = unsafe_case_id_reason(case_id)
         if reason:
             problems.append(f"case {case_id!r}: {reason}")
@@ -277,17 +288,20 @@ def _preprocess_and_save(case_id: str, image_files: list[Path], label_file: Path
 
 
 def copy_ground_truth(cases: dict[str, tuple[list[Path], Path]], output_dir: str | os.PathLike) -> Path:
-    """Copy label files to ``<output_dir>/gt_segmentations/`` (atomically; files already identical are kept)."""
+    """Copy label files to ``<output_dir>/gt_segmentations/`` (atomically; copies already up to date are kept)."""
     gt = Path(output_dir) / GT_FOLDER
     gt.mkdir(parents=True, exist_ok=True)
     for _case_id, (_images, label) in cases.items():
         dest = gt / label.name
-        if dest.is_file() and dest.stat().st_size == label.stat().st_size:
-            continue
+        src_stat = label.stat()
+        if dest.is_file():
+            dst_stat = dest.stat()
+            if (dst_stat.st_size, int(dst_stat.st_mtime)) == (src_stat.st_size, int(src_stat.st_mtime)):
+                continue
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=gt)
         os.close(fd)
         try:
-            shutil.copyfile(label, tmp)
+            shutil.copy2(label, tmp)
             os.replace(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -319,13 +333,7 @@ def preprocess_dataset(
     Returns:
         The case ids covered (processed now or already complete), in dataset order.
     """
-    cases = training_cases(task_dir)
-    if case_ids is not None:
-        unknown = sorted(set(case_ids) - set(cases))
-        if unknown:
-            raise DatasetError(f"{task_dir}: cases not in dataset.json: {', '.join(unknown)}")
-        wanted = set(case_ids)
-        cases = {c: v for c, v in cases.items() if c in wanted}
+    cases = training_cases(task_dir, only=None if case_ids is None else set(case_ids))
     output_dir = Path(output_dir)
     copy_ground_truth(cases, output_dir)
     for stage in stages_to_run:

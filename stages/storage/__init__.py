@@ -42,6 +42,7 @@ __all__ = [
     "parent",
     "read_bytes",
     "read_text",
+    "to_local_path",
     "upload_file",
     "upload_tree",
     "write_bytes",

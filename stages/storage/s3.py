@@ -14,7 +14,6 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
@@ -24,6 +23,7 @@ from stages.storage.backend import CHUNK, Backend, atomic_write, sha256_bytes, s
 from stages.storage.local import local_errors
 from stages.storage.retry import call_with_retries, error_code
 from stages.storage.settings import StorageSettings, s3_client
+from stages.storage.transfer import run_parallel
 from stages.storage.uri import S3_SCHEME, split_s3, to_local_path
 
 log = logging.getLogger(__name__)
@@ -164,15 +164,8 @@ class S3Backend(Backend):
             return {"PartNumber": number, "ETag": response["ETag"]}
 
         try:
-            with ThreadPoolExecutor(max_workers=self.settings.max_concurrency) as pool:
-                futures = [pool.submit(put_part, n, off) for n, off in enumerate(offsets, start=1)]
-                wait(futures, return_when=FIRST_EXCEPTION)
-                failed = [f for f in futures if f.done() and f.exception() is not None]
-                if failed:
-                    for future in futures:
-                        future.cancel()
-                    raise failed[0].exception()
-                parts = [f.result() for f in futures]
+            tasks = [lambda n=n, off=off: put_part(n, off) for n, off in enumerate(offsets, start=1)]
+            parts = run_parallel(tasks, self.settings.max_concurrency, progress=False)
             self._complete(uri, ids, parts, sha)
         except BaseException:
             self._abort(uri, ids)

@@ -1,12 +1,15 @@
-"""A thread pool that runs many small transfers, with an optional tqdm progress bar."""
+"""A thread pool that runs many transfers (files of a tree, parts of an upload), with an optional tqdm bar."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import TypeVar
 
 from stages.errors import BadInputError
+
+T = TypeVar("T")
 
 
 def show_progress(progress: bool | None) -> bool:
@@ -16,7 +19,7 @@ def show_progress(progress: bool | None) -> bool:
     return bool(progress)
 
 
-def run_parallel(tasks: Sequence[Callable[[], object]], workers: int, progress: bool | None, desc: str) -> None:
+def run_parallel(tasks: Sequence[Callable[[], T]], workers: int, progress: bool | None, desc: str = "") -> list[T]:
     """Run ``tasks`` on ``workers`` threads; stop at the first failure and raise it.
 
     Args:
@@ -25,6 +28,9 @@ def run_parallel(tasks: Sequence[Callable[[], object]], workers: int, progress: 
         progress: Show a progress bar (True), never (False) or when stderr is a TTY (None).
         desc: Label of the progress bar.
 
+    Returns:
+        The tasks' results, in the order of ``tasks``.
+
     Raises:
         BadInputError: ``workers`` is below 1.
         Exception: The first exception a task raised; tasks not yet started are cancelled.
@@ -32,12 +38,13 @@ def run_parallel(tasks: Sequence[Callable[[], object]], workers: int, progress: 
     if workers < 1:
         raise BadInputError(f"workers must be at least 1, got {workers}")
     if not tasks:
-        return
+        return []
     from tqdm.auto import tqdm
 
     with tqdm(total=len(tasks), desc=desc, unit="file", disable=not show_progress(progress)) as bar:
         with ThreadPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
-            pending = {pool.submit(task) for task in tasks}
+            futures = [pool.submit(task) for task in tasks]
+            pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 bar.update(len(done))
@@ -46,3 +53,4 @@ def run_parallel(tasks: Sequence[Callable[[], object]], workers: int, progress: 
                     for future in pending:
                         future.cancel()
                     raise failed.exception()
+    return [future.result() for future in futures]

@@ -10,16 +10,36 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F
 
 from stages.errors import BadInputError
 
 DICE_SMOOTH = 1e-5
 DICE_EPS = 1e-8
 
-BatchGather = Callable[[torch.Tensor], torch.Tensor]
-"""Concatenates a per-sample tensor ``(B, ...)`` along dim 0 across processes (DDP batch Dice)."""
+BatchReduce = Callable[[torch.Tensor], torch.Tensor]
+"""Sums the batch-summed ``(3, K)`` tp/fp/fn across processes, keeping the gradient (DDP batch Dice)."""
+
+
+def all_reduce_with_grad(stats: torch.Tensor) -> torch.Tensor:
+    """Sum ``stats`` over all DDP ranks with autograd support; unchanged if torch.distributed is not initialised.
+
+    Use as ``batch_reduce`` of :class:`SoftDiceLoss` so that every rank computes the Dice of the global batch
+    (spec §12). The backward pass sums the incoming gradients over the ranks, like nnU-Net v1's
+    ``AllGatherGrad``; DDP's gradient averaging then yields the gradient of the global Dice. Every rank must
+    call it. Unlike gathering per-sample values, summing also works when ranks hold different batch sizes.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return stats
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(stats, op=dist.ReduceOp.SUM)
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if it is half precision (AMP), else unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def one_hot(target: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -45,9 +65,9 @@ class SoftDiceLoss(nn.Module):
         batch_dice: Sum tp/fp/fn over batch and space (one Dice per class); else one Dice per sample and class.
         do_bg: Include the background class (nnU-Net: False).
         smooth: Added to numerator and denominator.
-        batch_gather: With ``batch_dice``, a function that concatenates the per-sample ``(B, 3, K)`` tp/fp/fn
-            across processes (with gradient) before summing, so that DDP ranks share one batch Dice
-            (spec §12); None for a single process.
+        batch_reduce: With ``batch_dice``, applied to the batch-summed ``(3, K)`` tp/fp/fn before the ratio,
+            e.g. :func:`all_reduce_with_grad` so that DDP ranks share one batch Dice (spec §12); None for a
+            single process.
     """
 
     def __init__(
@@ -55,17 +75,17 @@ class SoftDiceLoss(nn.Module):
         batch_dice: bool,
         do_bg: bool = False,
         smooth: float = DICE_SMOOTH,
-        batch_gather: BatchGather | None = None,
+        batch_reduce: BatchReduce | None = None,
     ) -> None:
         super().__init__()
         self.batch_dice = batch_dice
         self.do_bg = do_bg
         self.smooth = smooth
-        self.batch_gather = batch_gather
+        self.batch_reduce = batch_reduce
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss of logits ``(B, K, ...)`` against a label map ``(B, 1, ...)``."""
-        probs = torch.softmax(logits.float(), dim=1)
+        probs = torch.softmax(_at_least_fp32(logits), dim=1)
         y = one_hot(target, probs.shape[1], probs.dtype)
         axes = tuple(range(2, probs.ndim))
         tp = (probs * y).sum(axes)
@@ -73,10 +93,9 @@ class SoftDiceLoss(nn.Module):
         fp = probs.sum(axes) - tp
         fn = y.sum(axes) - tp
         if self.batch_dice:
-            if self.batch_gather is not None:
-                gathered = self.batch_gather(torch.stack((tp, fp, fn), dim=1))
-                tp, fp, fn = gathered.unbind(dim=1)
             tp, fp, fn = tp.sum(0), fp.sum(0), fn.sum(0)
+            if self.batch_reduce is not None:
+                tp, fp, fn = self.batch_reduce(torch.stack((tp, fp, fn))).unbind(0)
         dc = (2 * tp + self.smooth) / (2 * tp + fp + fn + self.smooth + DICE_EPS)
         if not self.do_bg:
             dc = dc[..., 1:]
@@ -90,7 +109,7 @@ class DCandCELoss(nn.Module):
         batch_dice: Passed to :class:`SoftDiceLoss`.
         weight_ce: Weight of the cross-entropy term.
         weight_dice: Weight of the Dice term.
-        batch_gather: Passed to :class:`SoftDiceLoss` (DDP batch Dice).
+        batch_reduce: Passed to :class:`SoftDiceLoss` (DDP batch Dice).
     """
 
     def __init__(
@@ -98,10 +117,10 @@ class DCandCELoss(nn.Module):
         batch_dice: bool,
         weight_ce: float = 1.0,
         weight_dice: float = 1.0,
-        batch_gather: BatchGather | None = None,
+        batch_reduce: BatchReduce | None = None,
     ) -> None:
         super().__init__()
-        self.dice = SoftDiceLoss(batch_dice=batch_dice, batch_gather=batch_gather)
+        self.dice = SoftDiceLoss(batch_dice=batch_dice, batch_reduce=batch_reduce)
         self.weight_ce = weight_ce
         self.weight_dice = weight_dice
 
@@ -109,10 +128,9 @@ class DCandCELoss(nn.Module):
         """Loss of logits ``(B, K, ...)`` against a label map ``(B, 1, ...)``."""
         if target.ndim != logits.ndim or target.shape[1] != 1:
             raise BadInputError(
-                f"loss: target {tuple(target.shape)} must be shaped (B, 1, ...) to match logits "
-                f"{tuple(logits.shape)}"
+                f"loss: target {tuple(target.shape)} must be shaped (B, 1, ...) to match logits {tuple(logits.shape)}"
             )
-        ce = F.cross_entropy(logits.float(), target[:, 0].long())
+        ce = nn.functional.cross_entropy(_at_least_fp32(logits), target[:, 0].long())
         return self.weight_ce * ce + self.weight_dice * self.dice(logits, target)
 
 
@@ -188,4 +206,6 @@ def batch_dice_for(configuration: str, plans_has_cascade: bool) -> bool:
         return plans_has_cascade
     if configuration == "3d_lowres":
         return False
-    raise BadInputError(f"unknown configuration {configuration!r} (expected 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres)")
+    raise BadInputError(
+        f"unknown configuration {configuration!r} (expected 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres)"
+    )

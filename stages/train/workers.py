@@ -21,6 +21,7 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
+import random
 import signal
 import sys
 import threading
@@ -58,6 +59,15 @@ def default_num_workers(validation: bool = False) -> int:
     if validation:
         return max(n // 2, 1) if n > 0 else 0
     return n
+
+
+def seed_augmentation(seed: int | None) -> None:
+    """Seed every generator the loaders and batchgenerators' transforms draw from (NumPy's and ``random``'s).
+
+    None seeds from OS entropy, which a forked worker needs: it would otherwise repeat its parent's sequence.
+    """
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def _tensor_from_numpy(array: np.ndarray) -> Any:
@@ -103,7 +113,7 @@ def _worker_main(worker_id: int, loader: Any, transform: Any, seed: int | None, 
     """Body of a worker process: produce, serialize and send batches until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the training process, which stops us
     _limit_threads()
-    np.random.seed(seed)  # None: fresh OS entropy, never the state inherited from the parent
+    seed_augmentation(seed)
     if hasattr(loader, "set_thread_id"):
         loader.set_thread_id(worker_id)
     outbox: queue.Queue = queue.Queue(maxsize=max(1, num_cached))
@@ -243,7 +253,7 @@ class Augmenter(Iterator[dict]):
         self._started = True
         if self.num_workers == 0:
             if self.seeds[0] is not None:
-                np.random.seed(self.seeds[0])
+                seed_augmentation(self.seeds[0])
             return
         ctx = mp.get_context(self.start_method)
         self._stop_workers = ctx.Event()

@@ -37,7 +37,7 @@ def write_base(root: Path) -> Path:
 def tree_digest(root: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file and ``<dir>`` marker of every folder below ``root``."""
     out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         out[rel_dir + "/"] = "<dir>"
         for name in filenames:

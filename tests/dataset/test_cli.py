@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from nnkube.cli import app as nnkube_app
 from nnkube.nnunet_compat import convert as compat_convert
+from typer.testing import CliRunner
+
 from stages.__main__ import main as stages_main
 from stages.dataset.convert import ConversionResult
 from stages.dataset.verify import VerificationReport

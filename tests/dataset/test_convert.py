@@ -137,7 +137,7 @@ def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
         return real(src, dst)
 
     monkeypatch.setattr(convert_module, "split_image", failing)
-    with pytest.raises(DatasetError, match=r"synth_001\.nii\.gz: disk full"):
+    with pytest.raises(RuntimeError, match="disk full"):
         convert_msd_task(msd, tmp_path / "base")
     assert list((tmp_path / "base" / "nnUNet_raw_data").iterdir()) == []
 
@@ -175,6 +175,14 @@ def test_existing_different_target_is_kept_unless_overwrite(tmp_path):
     assert convert_msd_task(msd, tmp_path / "base", overwrite=True) == task
     assert tree_digest(task) == fresh
     assert [p.name for p in task.parent.iterdir()] == [task.name]
+
+
+def test_already_converted_folder_is_refused(tmp_path):
+    msd, _ = _msd(tmp_path, n_modalities=2)
+    task = convert_msd_task(msd, tmp_path / "base")
+    again = task.rename(tmp_path / "Task12_Synth")
+    with pytest.raises(DatasetError, match="looks converted already"):
+        convert_msd_task(again, tmp_path / "base")
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from stages.dataset.verify import Problem, VerificationReport, format_report, verify_dataset
 from tests.dataset.corpus import DEFECTS, N_MODALITIES, _image, _label, tree_digest, write_base, write_volume
+from tests.factories import make_cases, write_nnunet_task
 
 
 @pytest.fixture
@@ -127,3 +128,23 @@ def test_report_round_trip(base, tmp_path):
     assert again == report
     assert again.dataset == "s3://bucket/datasets/Task501"
     assert format_report(again).splitlines()[0] == "verify s3://bucket/datasets/Task501"
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nii"])
+def test_other_formats(tmp_path, suffix):
+    root = write_nnunet_task(tmp_path / "Task503_Fmt", make_cases(2, "c", shape=(6, 7, 8)), suffix=suffix)
+    data = json.loads((root / "dataset.json").read_text())
+    for entry in data["training"]:
+        entry["image"] = entry["image"].replace(".nii.gz", suffix)
+        entry["label"] = entry["label"].replace(".nii.gz", suffix)
+    (root / "dataset.json").write_text(json.dumps(data))
+    assert verify_dataset(root).ok
+    rel = f"imagesTr/c_001_0000{suffix}"
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(root / rel)))
+    arr[1, 1, 1] = np.nan
+    write_volume(root, rel, arr)
+    (root / f"labelsTr/c_000{suffix}").unlink()
+    report = verify_dataset(root)
+    lines = [p.line() for p in report.problems]
+    assert lines == [f"c_000: labelsTr/c_000{suffix}: label file missing",
+                     f"c_001: {rel}: contains non-finite values (1 NaN, 0 Inf voxels)"]

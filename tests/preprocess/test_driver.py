@@ -10,7 +10,13 @@ import pytest
 from stages.__main__ import main as stages_main
 from stages.errors import BadInputError, DatasetError
 from stages.preprocess.models import properties_file
-from stages.preprocess.preprocessor import GT_FOLDER, is_case_complete, load_case, preprocess_dataset
+from stages.preprocess.preprocessor import (
+    GT_FOLDER,
+    PreprocessParams,
+    is_case_complete,
+    load_case,
+    preprocess_dataset,
+)
 from stages.preprocess.workers import CRASH_CASE_ENV, WorkerDiedError
 from tests.factories import make_cases, write_msd_task, write_nnunet_task
 from tests.preprocess.conftest import make_plans
@@ -49,8 +55,6 @@ def test_preprocess_dataset_parallel_then_idempotent(task, tmp_path):
     (out / plans.stage_folder(1) / properties_file("case_001")).unlink()
     changed = make_plans(spacing=(1.0, 1.0, 1.0), extra_stages=[(1.6, 1.6, 1.6)], use_mask={0: True})
     preprocess_dataset(task, changed, [1], out, num_processes=1, case_ids=["case_001", "case_002"])
-    from stages.preprocess.preprocessor import PreprocessParams
-
     digest = PreprocessParams.from_plans(changed, 1).digest()
     folder = out / plans.stage_folder(1)
     assert is_case_complete(folder, "case_001", digest) and is_case_complete(folder, "case_002", digest)
