@@ -12,10 +12,10 @@ app = typer.Typer(add_completion=False, help="Convert an MSD task into the nnU-N
 
 @app.command()
 def convert(
-    input: str = typer.Option(
+    input_uri: str = typer.Option(
         ..., "--input", help="MSD task folder or s3:// prefix; its last component must be TaskXX_Name."
     ),
-    output: str = typer.Option(
+    output_uri: str = typer.Option(
         ...,
         "--output",
         help="Folder or s3:// prefix that receives TaskXXX_NAME/ (e.g. $nnUNet_raw_data_base/nnUNet_raw_data).",
@@ -36,7 +36,7 @@ def convert(
     """Convert the MSD task at --input and write TaskXXX_NAME under --output."""
     from stages.dataset.staging import convert_uri
 
-    result = convert_uri(input, output, task_id=task_id, workers=workers, overwrite=overwrite, progress=True)
+    result = convert_uri(input_uri, output_uri, task_id=task_id, workers=workers, overwrite=overwrite, progress=True)
     if result_json is not None:
         result.save(result_json)
     sys.stdout.write(f"{result.output}\n")
