@@ -133,8 +133,8 @@ def _reference(net, data, patch, k, mirror_axes, step, use_gaussian):
 
 CASES_3D = [
     # shape (z, y, x), patch, mirror axes, gaussian
-    ((20, 25, 13), (8, 12, 16), (0, 1, 2), True),  # several tiles, x smaller than patch -> padded
-    ((20, 25, 13), (8, 12, 16), (), True),
+    ((14, 19, 13), (8, 12, 16), (0, 1, 2), True),  # several tiles, x smaller than patch -> padded
+    ((14, 19, 13), (8, 12, 16), (), True),
     ((6, 10, 7), (8, 12, 16), (0, 1, 2), True),  # smaller than the patch everywhere -> one tile, uniform
     ((17, 12, 16), (8, 12, 16), (1,), False),
 ]
