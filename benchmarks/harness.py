@@ -3,7 +3,9 @@
 * :func:`run_measured` runs one command as a subprocess and measures the whole process tree: wall time, CPU
   time (user+sys of the tree, from ``wait4``), the largest single-process RSS in the tree (``wait4``'s
   ``ru_maxrss``) and the peak of the tree's summed memory, polled from ``/proc`` (PSS where readable, so pages
-  shared by forked workers count once, otherwise RSS).
+  shared by forked workers count once, otherwise RSS). The harness makes itself a child subreaper, so
+  processes that outlive their parent (a multiprocessing forkserver, the resource tracker) are re-parented to
+  it and reaped here; without that their CPU time and RSS would never reach ``wait4``.
 * :func:`summarize` / :func:`print_table` turn repeated measurements into min/median figures and v2/ours ratios.
 * :func:`prepare_v2_raw` converts the MSD Hippocampus (``TaskXX_Name``: dataset.json, imagesTr, labelsTr) into
   nnU-Net v2's raw layout (``DatasetXXX_Name`` with ``<case>_0000.nii.gz`` symlinks and a v2 dataset.json).
@@ -13,6 +15,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -35,6 +38,8 @@ DEFAULT_DATASET = REPO_ROOT.parent / "shared" / "datasets" / "Task04_Hippocampus
 V2_NAME = "nnU-Net v2"
 OURS_NAME = "nnkube"
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+_PR_SET_CHILD_SUBREAPER = 36
+_ORPHAN_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -160,11 +165,14 @@ def prepare_v2_raw(msd_dir: Path, raw_root: Path, dataset_id: int = 4) -> Path:
 
 
 class _TreeMemorySampler(threading.Thread):
-    """Polls /proc for the summed memory of a process and all its descendants; keeps the peak (KiB)."""
+    """Polls /proc for the summed memory of all descendants of this process; keeps the peak (KiB).
 
-    def __init__(self, root_pid: int, interval_s: float = 0.2) -> None:
+    Descendants of the harness, not of the command, so that re-parented orphans still count.
+    """
+
+    def __init__(self, interval_s: float = 0.2) -> None:
         super().__init__(daemon=True)
-        self.root_pid = root_pid
+        self.root_pid = os.getpid()
         self.interval_s = interval_s
         self.peak_kb = 0
         self._stop_event = threading.Event()
@@ -175,7 +183,8 @@ class _TreeMemorySampler(threading.Thread):
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            self.peak_kb = max(self.peak_kb, sum(_memory_kb(pid) for pid in _descendants(self.root_pid)))
+            pids = [pid for pid in _descendants(self.root_pid) if pid != self.root_pid]
+            self.peak_kb = max(self.peak_kb, sum(_memory_kb(pid) for pid in pids))
             self._stop_event.wait(self.interval_s)
 
 
@@ -211,6 +220,32 @@ def _memory_kb(pid: int) -> int:
         return 0
 
 
+def _become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log(f"warning: prctl(PR_SET_CHILD_SUBREAPER) failed (errno {ctypes.get_errno()}); "
+            "CPU time of orphaned worker processes will be missing")
+
+
+def _reap_orphans() -> tuple[float, int]:
+    """Wait for re-parented leftovers of the last command; return their CPU seconds and max RSS (KiB)."""
+    cpu, maxrss_kb = 0.0, 0
+    deadline = time.monotonic() + _ORPHAN_GRACE_S
+    while True:
+        try:
+            pid, _, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return cpu, maxrss_kb
+        if pid == 0:
+            if time.monotonic() > deadline:
+                log(f"warning: processes left by the command still run after {_ORPHAN_GRACE_S:.0f} s")
+                return cpu, maxrss_kb
+            time.sleep(0.05)
+            continue
+        cpu += usage.ru_utime + usage.ru_stime
+        maxrss_kb = max(maxrss_kb, usage.ru_maxrss)
+
+
 def run_measured(cmd: Sequence[str], env: Mapping[str, str] | None = None, log_path: Path | None = None,
                  cwd: Path | None = None) -> Measurement:
     """Run ``cmd`` to completion and measure its process tree; output goes to ``log_path`` (or is dropped).
@@ -221,14 +256,16 @@ def run_measured(cmd: Sequence[str], env: Mapping[str, str] | None = None, log_p
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+    _become_subreaper()
     try:
+        sampler = _TreeMemorySampler()
         started = time.perf_counter()
         proc = subprocess.Popen(list(cmd), env=dict(env) if env is not None else None, cwd=cwd,
                                 stdout=out, stderr=subprocess.STDOUT)
-        sampler = _TreeMemorySampler(proc.pid)
         sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
+        orphan_cpu, orphan_maxrss_kb = _reap_orphans()
         sampler.stop()
         proc.returncode = os.waitstatus_to_exitcode(status)
     finally:
@@ -237,9 +274,9 @@ def run_measured(cmd: Sequence[str], env: Mapping[str, str] | None = None, log_p
     if proc.returncode != 0:
         tail = log_path.read_text(errors="replace")[-3000:] if log_path is not None else ""
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}; log {log_path}:\n{tail}")
-    return Measurement(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime,
-                       max_proc_rss_mb=usage.ru_maxrss / 1024, peak_tree_mb=sampler.peak_kb / 1024,
-                       returncode=proc.returncode)
+    return Measurement(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime + orphan_cpu,
+                       max_proc_rss_mb=max(usage.ru_maxrss, orphan_maxrss_kb) / 1024,
+                       peak_tree_mb=sampler.peak_kb / 1024, returncode=proc.returncode)
 
 
 def reset_dir(path: Path) -> None:

@@ -1,4 +1,8 @@
-"""``python -m stages verify``: check a raw dataset (local folder or S3 prefix) and print every problem."""
+"""``python -m stages verify``: check a raw dataset (local folder or S3 prefix) and print every problem.
+
+Verification writes nothing but its optional report (``--report``) and the stage result; it is never skipped,
+since re-reading every file is the point of it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 import typer
 
 from stages.errors import DatasetError
+from stages.stagekit.options import raw_prefix_option, result_json_option
 
 app = typer.Typer(add_completion=False, help="Verify a raw dataset's integrity; report every problem.")
 
@@ -17,24 +22,40 @@ def verify(
     dataset: str = typer.Option(
         ..., "--dataset", help="Task folder or s3:// prefix holding dataset.json, imagesTr, labelsTr (imagesTs)."
     ),
-    report: Path | None = typer.Option(
-        None, "--report", help="Local path where the full report is written as JSON (also when problems are found)."
+    report: str | None = typer.Option(
+        None, "--report",
+        help="Local path or URI where the full report is written as JSON (also when problems are found).",
     ),
     workers: int | None = typer.Option(
         None, "--workers", help="Files read in parallel (default: available CPUs, at most 8)."
     ),
+    result_json: str | None = result_json_option(),
+    raw_prefix: str | None = raw_prefix_option(),
 ) -> None:
     """Verify the dataset; exit 0 when it is clean, 2 after printing every problem otherwise."""
+    from stages import storage
     from stages.dataset.staging import verify_uri
     from stages.dataset.verify import format_report
+    from stages.log import bind_context
+    from stages.stagekit import WriteGuard, protected_prefixes, run_stage
 
-    result = verify_uri(dataset, workers=workers)
+    bind_context(stage="verify", dataset=storage.basename(dataset))
+    guard = WriteGuard(protected_prefixes(raw_prefix, [dataset]))
     if report is not None:
-        result.save(report)
-    sys.stdout.write(format_report(result) + "\n")
-    sys.stdout.flush()
-    if not result.ok:
-        raise DatasetError(
-            f"dataset {dataset} failed verification: {len(result.problems)} problems in "
-            f"{len(result.cases_with_problems)} cases (listed above)"
-        )
+        guard.check(report)
+
+    def compute(_out_dir: Path) -> dict:
+        result = verify_uri(dataset, workers=workers)
+        if report is not None:
+            storage.write_text(report, result.to_json())
+        sys.stdout.write(format_report(result) + "\n")
+        sys.stdout.flush()
+        if not result.ok:
+            raise DatasetError(
+                f"dataset {dataset} failed verification: {len(result.problems)} problems in "
+                f"{len(result.cases_with_problems)} cases (listed above)"
+            )
+        return {"dataset": dataset, "ok": True, "num_files_checked": result.num_files_checked, "report": report}
+
+    # no outputs: nothing to skip, and the digest covers the parameters only (verify reads the files anyway)
+    run_stage("verify", {"dataset": dataset}, [], None, compute, result_json, guard=guard)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from stages import storage
 from stages.errors import BadInputError
+from stages.stagekit.run import MARKER_GLOB
 
 from .convert import ConversionResult, conversion_result, convert_msd_task_to, target_task_name, trees_identical
 from .models import DATASET_JSON
@@ -91,6 +92,8 @@ def publish_tree(local_task: Path, dest: str, overwrite: bool) -> None:
     if storage.list_prefix(dest):
         with tempfile.TemporaryDirectory(prefix="nnkube-compare-") as scratch:
             storage.download_tree(dest, scratch)
+            for marker in Path(scratch).glob(MARKER_GLOB):  # a stage's completion marker is not task content
+                marker.unlink()
             if trees_identical(local_task, scratch):
                 log.info("%s already holds this conversion; left unchanged", dest)
                 return

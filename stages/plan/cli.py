@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import typer
+
+from stages.stagekit.options import raw_prefix_option, result_json_option
 
 app = typer.Typer(add_completion=False, help="Plan 2d / 3d_fullres / 3d_lowres configurations from a fingerprint.")
 
@@ -26,30 +29,40 @@ def plan(
     ),
     no_2d: bool = typer.Option(False, "--no-2d", help="Do not plan the 2d configuration."),
     no_3d: bool = typer.Option(False, "--no-3d", help="Do not plan the 3D configurations."),
-    result_json: Path | None = typer.Option(
-        None, "--result-json",
-        help="Local path receiving a JSON summary (plans URIs, configurations, whether a cascade exists).",
-    ),
+    result_json: str | None = result_json_option(),
+    raw_prefix: str | None = raw_prefix_option(),
 ) -> None:
     """Read the fingerprint, plan, and write the plans documents."""
     from stages import storage
-    from stages.documents import write_json_atomic
     from stages.errors import BadInputError
     from stages.fingerprint.models import Fingerprint
     from stages.log import bind_context
-    from stages.plan.experiment import configurations, plan_experiment, write_plans
+    from stages.plan.experiment import configurations, plan_experiment, plans_uri, write_plans
+    from stages.stagekit import WriteGuard, marker_uri, protected_prefixes, run_stage
 
     if no_2d and no_3d:
         raise BadInputError("--no-2d and --no-3d together leave nothing to plan")
     bind_context(stage="plan")
-    fp = Fingerprint.from_json(storage.read_bytes(fingerprint), source=fingerprint)
-    plans_3d, plans_2d = plan_experiment(fp, None if no_3d else planner3d, None if no_2d else planner2d)
-    written = {}
-    for key, plans in (("plans_3d", plans_3d), ("plans_2d", plans_2d)):
-        if plans is not None:
-            written[key] = write_plans(plans, output)
-    configs = configurations(plans_3d, plans_2d)
-    summary = {**written, "configurations": configs, "has_cascade": bool(plans_3d and plans_3d.has_cascade)}
-    if result_json is not None:
-        write_json_atomic(result_json, summary)
-    sys.stdout.write(f"configurations: {', '.join(configs)}\n" + "".join(f"wrote {u}\n" for u in written.values()))
+    chosen3d, chosen2d = None if no_3d else planner3d, None if no_2d else planner2d
+
+    def compute(out_dir: Path) -> dict:
+        fp = Fingerprint.from_json(storage.read_bytes(fingerprint), source=fingerprint)
+        plans_3d, plans_2d = plan_experiment(fp, chosen3d, chosen2d)
+        written = {}
+        for key, plans in (("plans_3d", plans_3d), ("plans_2d", plans_2d)):
+            if plans is not None:
+                write_plans(plans, str(out_dir))
+                written[key] = plans_uri(plans, output)
+        configs = configurations(plans_3d, plans_2d)
+        return {**written, "configurations": configs, "has_cascade": bool(plans_3d and plans_3d.has_cascade)}
+
+    # one marker per planner choice, so that plans of several planners can share the output folder
+    tag = re.sub(r"[^A-Za-z0-9_.-]", "_", f"plan.{chosen3d or 'no3d'}.{chosen2d or 'no2d'}")
+    result = run_stage(
+        "plan", {"planner3d": chosen3d, "planner2d": chosen2d}, [fingerprint], output, compute, result_json,
+        marker=marker_uri(output, tag), guard=WriteGuard(protected_prefixes(raw_prefix)),
+    )
+    summary = result.extra
+    written = [summary[k] for k in ("plans_3d", "plans_2d") if k in summary]
+    sys.stdout.write(f"configurations: {', '.join(summary['configurations'])} ({result.status})\n"
+                     + "".join(f"wrote {u}\n" for u in written))

@@ -127,20 +127,11 @@ def default_augmentation_params(
 def deep_supervision_scales_for(pool_op_kernel_sizes: Sequence[Sequence[int]]) -> list[list[float]]:
     """Relative sizes of the deep-supervision targets: ``[1, ...]`` then 1 / cumulative pooling, last dropped.
 
-    Uses :func:`stages.train.loss.deep_supervision_scales` when that module provides it, so the loss and the
-    targets cannot disagree.
+    The loss module's definition is used, so that targets and loss weights cannot disagree.
     """
-    try:
-        from stages.train.loss import deep_supervision_scales as from_loss  # type: ignore[attr-defined]
-    except ImportError:
-        from_loss = None
-    if from_loss is not None:
-        return [list(map(float, s)) for s in from_loss(pool_op_kernel_sizes)]
-    kernels = np.asarray(pool_op_kernel_sizes, dtype=float)
-    if kernels.ndim != 2 or len(kernels) == 0:
-        return [[1.0] * (kernels.shape[-1] if kernels.ndim == 2 else 3)]
-    scales = [[1.0] * kernels.shape[1]] + [list(map(float, s)) for s in 1.0 / np.cumprod(kernels, axis=0)]
-    return scales[:-1]
+    from stages.train.loss import deep_supervision_scales
+
+    return deep_supervision_scales(pool_op_kernel_sizes)
 
 
 class Convert3DTo2DTransform(AbstractTransform):

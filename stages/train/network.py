@@ -98,6 +98,9 @@ class GenericUNet(nn.Module):
     deep_supervision_scales`); with ``do_ds`` False (validation, inference) it returns the full-resolution map
     only, and the coarser heads are not computed.
 
+    As in nnU-Net v1, decoder stage ``u`` (coarse to fine) uses ``conv_kernel_sizes[-(u + 1)]``, the kernel of
+    the encoder stage one level below its skip connection; this only matters for anisotropic kernels.
+
     Args:
         num_input_channels: Image modalities.
         num_classes: Output channels (classes including background).

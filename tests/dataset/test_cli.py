@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from stages.__main__ import main as stages_main
 from stages.dataset.convert import ConversionResult
 from stages.dataset.verify import VerificationReport
+from stages.stagekit import StageResult
 from tests.dataset.corpus import DEFECTS, write_base
 from tests.factories import make_cases, write_msd_task
 
@@ -90,7 +91,7 @@ def test_stage_convert_writes_result_json(msd, tmp_path, capsys):
     args = ["convert", "--input", str(msd), "--output", str(out), "--task-id", "509", "--result-json",
             str(tmp_path / "result.json")]
     assert stages_main(args) == 0
-    result = ConversionResult.load(tmp_path / "result.json")
+    result = ConversionResult.model_validate(StageResult.load(tmp_path / "result.json").extra)
     assert result.task == "Task509_Tiny" and result.output == str(out / "Task509_Tiny")
     assert (result.num_training, result.num_modalities) == (2, 2)
     assert capsys.readouterr().out.strip() == str(out / "Task509_Tiny")

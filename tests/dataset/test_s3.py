@@ -13,6 +13,7 @@ from stages.__main__ import main as stages_main
 from stages.dataset.convert import ConversionResult
 from stages.dataset.staging import convert_uri, verify_uri
 from stages.errors import BadInputError
+from stages.stagekit import StageResult
 from tests.dataset.corpus import DEFECTS, write_base
 from tests.factories import make_cases, write_msd_task
 
@@ -60,10 +61,11 @@ def test_convert_s3_to_s3(s3_bucket, tmp_path):
     args = ["convert", "--input", f"{s3_bucket}/msd/Task08_Small", "--output", f"{s3_bucket}/raw",
             "--result-json", str(result_path)]
     assert stages_main(args) == 0
-    result = ConversionResult.load(result_path)
+    result = ConversionResult.model_validate(StageResult.load(result_path).extra)
     assert result.output == f"{s3_bucket}/raw/Task008_Small" and result.num_modalities == 2
     names = [u.rsplit("/Task008_Small/", 1)[1] for u in storage.list_prefix(result.output)]
-    assert sorted(names) == ["dataset.json", "imagesTr/small_000_0000.nii.gz", "imagesTr/small_000_0001.nii.gz",
+    assert sorted(names) == ["_NNKUBE_COMPLETE.json", "dataset.json",
+                             "imagesTr/small_000_0000.nii.gz", "imagesTr/small_000_0001.nii.gz",
                              "imagesTr/small_001_0000.nii.gz", "imagesTr/small_001_0001.nii.gz",
                              "labelsTr/small_000.nii.gz", "labelsTr/small_001.nii.gz"]
     assert verify_uri(result.output).ok

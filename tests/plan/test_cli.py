@@ -22,7 +22,7 @@ def test_fingerprint_then_plan(tmp_path):
     fp = Fingerprint.load(fp_uri)
     assert len(fp.cases) == 3
     result = json.loads((tmp_path / "fp_result.json").read_text())
-    assert result["fingerprint"] == fp_uri and result["num_cases"] == 3
+    assert result["extra"]["fingerprint"] == fp_uri and result["extra"]["num_cases"] == 3
 
     out = tmp_path / "plans"
     rc = main(["plan", "--fingerprint", fp_uri, "--output", str(out), "--result-json", str(tmp_path / "p.json")])
@@ -31,14 +31,15 @@ def test_fingerprint_then_plan(tmp_path):
     p2 = Plans.load(out / plans_filename("2D"))
     assert (p3.dimension, p2.dimension) == ("3D", "2D")
     assert p3.configuration("3d_fullres").median_patient_size_in_voxels == [12, 16, 16]
-    summary = json.loads((tmp_path / "p.json").read_text())
+    summary = json.loads((tmp_path / "p.json").read_text())["extra"]
     assert summary["configurations"] == ["2d", "3d_fullres"] and summary["has_cascade"] is False
     assert summary["plans_3d"].endswith("nnUNetPlansv2.1_plans_3D.json")
 
     only3d = tmp_path / "plans3d"
     assert main(["plan", "--fingerprint", fp_uri, "--output", str(only3d), "--no-2d",
                  "--planner3d", "ExperimentPlanner3D_v21_16GB"]) == 0
-    assert sorted(p.name for p in only3d.iterdir()) == ["nnUNetPlansv2.1_16GB_plans_3D.json"]
+    assert sorted(p.name for p in only3d.iterdir()) == [
+        "_NNKUBE_COMPLETE.plan.ExperimentPlanner3D_v21_16GB.no2d.json", "nnUNetPlansv2.1_16GB_plans_3D.json"]
     assert main(["plan", "--fingerprint", fp_uri, "--output", str(only3d), "--planner3d", "NoSuchPlanner"]) \
         == EXIT_BAD_INPUT
 
@@ -67,6 +68,7 @@ def test_fingerprint_and_plan_on_s3(tmp_path, s3_bucket):
     assert len(Fingerprint.from_json(storage.read_bytes(fp_uri)).cases) == 2
     assert main(["plan", "--fingerprint", fp_uri, "--output", f"{s3_bucket}/work/plans"]) == 0
     names = sorted(storage.basename(u) for u in storage.list_prefix(f"{s3_bucket}/work/plans"))
-    assert names == [plans_filename("2D"), plans_filename("3D")]
+    marker = "_NNKUBE_COMPLETE.plan.ExperimentPlanner3D_v21.ExperimentPlanner2D_v21.json"
+    assert names == [marker, plans_filename("2D"), plans_filename("3D")]
     plans = Plans.from_json(storage.read_bytes(f"{s3_bucket}/work/plans/{plans_filename('3D')}"))
     assert plans.configuration("3d_fullres").median_patient_size_in_voxels == [10, 12, 12]

@@ -91,7 +91,7 @@ def test_cli_on_msd_layout_with_shard_and_result(tmp_path):
                         "--configuration", "3d_fullres", "--output", str(out), "--num-processes", "1",
                         "--shard", "1/2", "--result-json", str(result)])
     assert code == 0
-    doc = json.loads(result.read_text())
+    doc = json.loads(result.read_text())["extra"]
     assert doc["case_ids"] == ["case_001"] and doc["stage"] == 0 and doc["shard"] == "1/2"
     data, seg, props = load_case(out / plans.stage_folder(0), "case_001")
     assert props.spacing_after_resampling == [2.5, 0.8, 0.8]
@@ -120,11 +120,12 @@ def test_cli_reads_and_writes_s3(tmp_path, s3_bucket):
                         "--plans", storage.join(s3_bucket, "plans.json"), "--configuration", "3d_fullres",
                         "--output", out, "--num-processes", "2", "--shard", "0/2", "--result-json", result])
     assert code == 0
-    assert json.loads(storage.read_text(result))["case_ids"] == ["case_000", "case_002"]
+    assert json.loads(storage.read_text(result))["extra"]["case_ids"] == ["case_000", "case_002"]
     names = [u[len(out) + 1:] for u in storage.list_prefix(out)]
     folder = plans.stage_folder(0)
     assert sorted(names) == sorted(
-        [f"{GT_FOLDER}/case_000.nii.gz", f"{GT_FOLDER}/case_002.nii.gz"]
+        [f"_NNKUBE_COMPLETE.preprocess.{folder}.shard-0-of-2.json"]
+        + [f"{GT_FOLDER}/case_000.nii.gz", f"{GT_FOLDER}/case_002.nii.gz"]
         + [f"{folder}/{c}{ext}" for c in ("case_000", "case_002") for ext in (".json", ".npy", "_seg.npy")])
     storage.download_tree(out, tmp_path / "back")
     data, seg, props = load_case(tmp_path / "back" / folder, "case_002")

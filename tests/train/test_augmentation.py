@@ -10,8 +10,8 @@ from stages.train.augmentation import (
     DownsampleSegForDSTransform2,
     MaskTransform,
     RemoveRandomConnectedComponentFromOneHotEncodingTransform,
-    default_augmentation_params,
     deep_supervision_scales_for,
+    default_augmentation_params,
     get_training_transforms,
     get_validation_transforms,
 )

@@ -189,3 +189,13 @@ def test_batch_dice_rule(configuration, cascade, expected):
 def test_batch_dice_rule_rejects_unknown_configuration():
     with pytest.raises(BadInputError, match="3d_full"):
         batch_dice_for("3d_full", True)
+
+
+def test_half_precision_logits_are_evaluated_in_float32():
+    torch.manual_seed(4)
+    logits = torch.randn(2, 3, 6, 6).to(torch.bfloat16)
+    target = torch.randint(0, 3, (2, 1, 6, 6))
+    loss = DCandCELoss(batch_dice=True)
+    value = loss(logits, target)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, loss(logits.float(), target))

@@ -8,7 +8,7 @@ import torch
 
 from stages import resources
 from stages.errors import DatasetError
-from stages.train.augmentation import default_augmentation_params, deep_supervision_scales_for, get_training_transforms
+from stages.train.augmentation import deep_supervision_scales_for, default_augmentation_params, get_training_transforms
 from stages.train.data import DataLoader3D, PreprocessedDataset
 from stages.train.workers import (
     AugmentationWorkerDiedError,
@@ -117,3 +117,28 @@ def test_worker_count_honours_env_and_affinity(monkeypatch):
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     assert default_num_workers() == 0 and default_num_workers(validation=True) == 0
     assert Augmenter(iter([]), None).num_workers == 0
+
+
+def test_wire_format_roundtrip_and_truncation():
+    import io
+
+    from stages.train.workers import _encode, _plain_buffer, _read_message, _write_message
+
+    obj = ("batch", {"data": torch.arange(24, dtype=torch.float32).reshape(2, 3, 4),
+                     "target": [torch.ones(2, 1, 3), torch.zeros(1)], "keys": ["a", "b"],
+                     "view": np.arange(20.0).reshape(4, 5)[:, ::2]})  # non-contiguous: pickled in-band
+    r, w = os.pipe()
+    with io.FileIO(r, "rb") as stream:
+        parts = _encode(obj)
+        _write_message(w, parts)
+        kind, got = _read_message(stream, _plain_buffer)
+        assert kind == "batch" and got["keys"] == ["a", "b"]
+        assert torch.equal(got["data"], obj[1]["data"]) and torch.equal(got["target"][0], obj[1]["target"][0])
+        np.testing.assert_array_equal(got["view"], obj[1]["view"])
+        got["data"] += 1  # received arrays are writable
+        # a writer that dies mid-message is seen as end-of-file, never as a blocked read
+        raw = b"".join(bytes(memoryview(p).cast("B")) for p in parts)
+        os.write(w, raw[: len(raw) // 2])
+        os.close(w)
+        with pytest.raises(EOFError):
+            _read_message(stream, _plain_buffer)

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Build the nnkube stage image (CPU or GPU) with podman, offline: a wheelhouse made on the host, then the image.
+#
+# usage: images/build.sh [--target cpu|gpu] [--base-image IMG] [--tag TAG] [--torch-spec SPEC] [--python PY]
+#   --target      cpu (default) or gpu: the Dockerfile target and the torch build in the wheelhouse
+#   --base-image  image with python3 of the wheelhouse's version (default localhost/nnkube-base:bookworm,
+#                 made by images/make-base.sh when missing; in a cluster e.g. python:3.11-slim)
+#   --tag         image name (default localhost/nnkube-stages:<target>)
+#   --torch-spec  torch requirement (default torch==2.13.0+cpu for cpu, torch==2.13.0 for gpu; pip must find it,
+#                 e.g. through PIP_FIND_LINKS or PIP_EXTRA_INDEX_URL)
+#   --python      interpreter whose pip builds the wheelhouse; its version must match the base image's python3
+#                 (default: the repository's .venv, else python3)
+# Environment: CONTAINERS_CONF (default images/containers.conf: runc and lowered ulimits).
+# Prints the image's name on stdout when done.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+TARGET=cpu
+DEFAULT_BASE=localhost/nnkube-base:bookworm
+BASE_IMAGE=$DEFAULT_BASE
+TAG=""
+TORCH_SPEC=""
+PYTHON=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --target) TARGET="$2"; shift 2 ;;
+        --base-image) BASE_IMAGE="$2"; shift 2 ;;
+        --tag) TAG="$2"; shift 2 ;;
+        --torch-spec) TORCH_SPEC="$2"; shift 2 ;;
+        --python) PYTHON="$2"; shift 2 ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument $1 (see --help)" ;;
+    esac
+done
+case "$TARGET" in
+    cpu) TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0+cpu}" ;;
+    gpu) TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}" ;;
+    *) die "--target must be cpu or gpu, not $TARGET" ;;
+esac
+TAG="${TAG:-localhost/nnkube-stages:$TARGET}"
+if [ -z "$PYTHON" ]; then
+    if [ -x "$REPO_ROOT/.venv/bin/python" ]; then PYTHON="$REPO_ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+
+ensure_container_tools
+if [ "$BASE_IMAGE" = "$DEFAULT_BASE" ] && ! podman image exists "$BASE_IMAGE"; then
+    "$IMAGES_DIR/make-base.sh" --image "$BASE_IMAGE"
+fi
+
+# --- wheelhouse: kept per target in images/.cache/ (reused by later builds), staged in images/.wheelhouse/ ---
+CACHE="$IMAGES_DIR/.cache/wheels-$TARGET"
+STAGE="$IMAGES_DIR/.wheelhouse"
+mkdir -p "$CACHE"
+rm -f "$CACHE"/nnkube-*.whl
+log "building the wheelhouse with $PYTHON ($TORCH_SPEC)"
+"$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$CACHE" "$REPO_ROOT"
+project_wheel="$(ls "$CACHE"/nnkube-*.whl)"
+# Every dependency as a wheel (sdists are built here), plus pip itself, which the Dockerfile runs from its wheel.
+"$PYTHON" -m pip wheel --quiet --wheel-dir "$CACHE" --find-links "$CACHE" \
+    "$TORCH_SPEC" "nnkube[runtime] @ file://$project_wheel" pip
+torch_wheels=("$CACHE"/torch-*.whl)
+if [ "$TARGET" = gpu ] && ls "$CACHE"/torch-*+cpu-*.whl >/dev/null 2>&1; then
+    die "the gpu wheelhouse got a CPU torch wheel; point pip at the CUDA build (--torch-spec / PIP_* settings)"
+fi
+[ ${#torch_wheels[@]} -eq 1 ] || die "several torch wheels in $CACHE: ${torch_wheels[*]}; remove the stale ones"
+rm -rf "$STAGE"
+mkdir -p "$STAGE"
+ln "$CACHE"/*.whl "$STAGE"/ 2>/dev/null || cp "$CACHE"/*.whl "$STAGE"/
+PY_VERSION="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+
+# --- image ---
+log "building $TAG (target $TARGET) on $BASE_IMAGE"
+start=$(date +%s)
+podman build --quiet --file "$IMAGES_DIR/Dockerfile" --target "$TARGET" \
+    --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg PYTHON_VERSION="$PY_VERSION" \
+    --tag "$TAG" "$REPO_ROOT" >/dev/null
+rm -rf "$STAGE"
+size=$(podman image inspect --format '{{.Size}}' "$TAG")
+log "built $TAG in $(( $(date +%s) - start )) s: $(( size / 1000000 )) MB"
+echo "$TAG"

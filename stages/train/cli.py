@@ -1,0 +1,404 @@
+"""``python -m stages train``: train one configuration x fold from S3 (or local) data, resumable after pre-emption.
+
+The stage copies what a fold needs from the preprocessed prefix (plans, ``splits_final.json``, the
+configuration's stage folder, ``gt_segmentations``) into scratch, then trains with ``resume=True`` from the
+newest complete checkpoint found under ``<output>/fold_F/`` (final, then latest, then best). Every checkpoint the
+trainer writes is uploaded at once (sidecar removed first, model, then sidecar: a checkpoint whose sidecar is
+there is complete), so an Argo retry of a pre-empted pod continues where it stopped; progress.png and the
+training log follow at most every ``--upload-every`` seconds. On SIGTERM the trainer saves ``model_latest``,
+the upload finishes, and the stage exits 75 (transient: retry).
+
+A resume record (``fold_F/_NNKUBE_RESUME.json``) holds the digest of the inputs and of the trainer, plans and
+fold: checkpoints of a run on other inputs are discarded instead of resumed. The fold's completion marker is
+``fold_F/_NNKUBE_COMPLETE.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from stages import storage
+from stages.documents import Document, write_json_atomic
+from stages.errors import BadInputError, NotFoundError
+from stages.stagekit.guard import WriteGuard
+from stages.stagekit.options import raw_prefix_option, result_json_option
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(add_completion=False, help="Train one configuration x fold (resumable from S3).")
+
+RESUME_RECORD = "_NNKUBE_RESUME.json"
+ARTIFACTS_ENV = "NNKUBE_ARTIFACTS_DIR"
+GT_FOLDER = "gt_segmentations"
+SUMMARY_PATH = "validation_raw/summary.json"
+CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+
+
+class ResumeRecord(Document):
+    """Which inputs the checkpoints under a fold folder were trained on."""
+
+    KIND = "resume record"
+    SCHEMA_VERSION = 1
+
+    resume_key: str
+    started_at: str
+
+
+def _train_fold_fn() -> Callable[..., dict | None]:
+    """The training entry point (imported lazily: it pulls in torch)."""
+    from stages.train.run import train_fold
+
+    return train_fold
+
+
+def parse_fold(text: str) -> int | str:
+    """``"all"`` or a fold index >= 0.
+
+    Raises:
+        BadInputError: Anything else.
+    """
+    if text == "all":
+        return text
+    try:
+        fold = int(text)
+    except ValueError:
+        fold = -1
+    if fold < 0:
+        raise BadInputError(f"--fold {text!r}: expected a fold index (0, 1, ...) or 'all'")
+    return fold
+
+
+def check_configuration(configuration: str) -> None:
+    """Raise BadInputError for a configuration name nnU-Net v1 does not know."""
+    if configuration not in CONFIGURATION_NAMES:
+        raise BadInputError(f"--configuration {configuration!r}: expected one of {', '.join(CONFIGURATION_NAMES)}")
+
+
+def preprocessed_inputs(preprocessed: str, configuration: str, plans_identifier: str) -> list[str]:
+    """URIs a fold reads: plans, stage folder and gt_segmentations (prefixes end in ``/``), splits, dataset.json."""
+    from stages.dataset.models import DATASET_JSON
+    from stages.plan.models import Plans, plans_filename
+    from stages.train.splits import SPLITS_FILENAME
+
+    plans_file = storage.join(preprocessed, plans_filename("2D" if configuration == "2d" else "3D", plans_identifier))
+    plans = Plans.from_json(storage.read_bytes(plans_file), source=plans_file)
+    folder = plans.stage_folder(plans.stage_for(configuration))
+    uris = [plans_file, storage.join(preprocessed, folder) + "/", storage.join(preprocessed, GT_FOLDER) + "/"]
+    uris += [u for u in (storage.join(preprocessed, n) for n in (SPLITS_FILENAME, DATASET_JSON)) if storage.exists(u)]
+    return uris
+
+
+def stage_preprocessed(preprocessed: str, inputs: list[str], dest: Path) -> Path:
+    """A local copy of ``inputs`` (below ``preprocessed``) in ``dest``: S3 is downloaded, local files linked.
+
+    Local files are symlinked one by one into real folders, so whatever the trainer writes (e.g. a missing
+    ``splits_final.json``) lands in scratch and never in the input.
+    """
+    base = preprocessed.rstrip("/")
+    for uri in inputs:
+        rel = uri[len(base) + 1:].rstrip("/")
+        target = dest / rel
+        if storage.is_s3(uri) and uri.endswith("/"):
+            storage.download_tree(uri, target)
+        elif storage.is_s3(uri):
+            storage.download_file(uri, target)
+        else:
+            source = Path(storage.to_local_path(uri)).resolve()
+            files = [p for p in source.rglob("*") if p.is_file()] if uri.endswith("/") else [source]
+            for path in files:
+                link = target / path.relative_to(source) if uri.endswith("/") else target
+                link.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(path, link)
+    return dest
+
+
+def foreground_dice(summary: dict | None) -> float | None:
+    """Foreground mean Dice of a validation summary (``results.mean.mean.Dice``), None if absent or NaN."""
+    if not summary:
+        return None
+    try:
+        value = float(summary["results"]["mean"]["mean"]["Dice"])
+    except (KeyError, TypeError, ValueError):
+        try:
+            from stages.evaluate.evaluator import foreground_mean_dice
+
+            value = float(foreground_mean_dice(summary))
+        except (KeyError, TypeError, ValueError):
+            return None
+    return None if math.isnan(value) else value
+
+
+class FoldSync:
+    """Keeps the remote trainer folder in step with the local one while a fold trains or validates.
+
+    Args:
+        local_root: Local trainer folder.
+        remote_root: Trainer folder URI.
+        fold_dir: Name of the fold folder (``fold_0``).
+        guard: Refuses writes under raw-data prefixes.
+        interval: Minimum seconds between uploads of progress.png and the training log.
+        artifacts_dir: Local folder receiving progress.png and summary.json for Argo artifacts (or None).
+    """
+
+    def __init__(self, local_root: Path, remote_root: str, fold_dir: str, guard: WriteGuard, interval: float = 60.0,
+                 artifacts_dir: Path | None = None) -> None:
+        self.local_root, self.remote_root, self.fold_dir = local_root, remote_root, fold_dir
+        self.guard, self.interval, self.artifacts_dir = guard, interval, artifacts_dir
+        self._synced: dict[str, tuple[int, int]] = {}
+        self._last_progress = -math.inf
+
+    @property
+    def local_fold(self) -> Path:
+        """The local fold folder."""
+        return self.local_root / self.fold_dir
+
+    def remote(self, rel: str) -> str:
+        """URI of a path relative to the trainer folder."""
+        return storage.join(self.remote_root, rel)
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.local_root).as_posix()
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int]:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+
+    def note(self, path: Path) -> None:
+        """Record a local file as identical to its remote copy (e.g. just downloaded)."""
+        self._synced[self._rel(path)] = self._stamp(path)
+
+    def push(self, path: Path) -> bool:
+        """Upload one local file unless it is unchanged since its last upload; True if uploaded."""
+        rel = self._rel(path)
+        if not path.is_file() or self._synced.get(rel) == self._stamp(path):
+            return False
+        stamp = self._stamp(path)
+        storage.upload_file(path, self.guard.check(self.remote(rel)))
+        self._synced[rel] = stamp
+        return True
+
+    def checkpoint_saved(self, path: Path) -> None:
+        """Trainer hook: upload a checkpoint as a complete pair (old sidecar removed first, sidecar last)."""
+        from stages.train.checkpoint import sidecar
+
+        path, side = Path(path), sidecar(path)
+        storage.delete(self.guard.check(self.remote(self._rel(side))))
+        self._synced.pop(self._rel(side), None)
+        self.push(path)
+        self.push(side)
+        log.info("uploaded checkpoint %s", self.remote(self._rel(path)))
+        self.push_progress()
+
+    def attach(self, trainer: Any) -> None:
+        """``trainer_hook`` of :func:`~stages.train.run.train_fold`: upload checkpoints and per-epoch progress."""
+        trainer.on_checkpoint_saved = self.checkpoint_saved
+        original = trainer.on_epoch_end
+
+        def on_epoch_end(*args: Any, **kwargs: Any) -> None:
+            original(*args, **kwargs)
+            self.epoch_done(trainer)
+
+        trainer.on_epoch_end = on_epoch_end
+
+    def epoch_done(self, trainer: Any) -> None:
+        """After an epoch: report ``epoch/total`` to Argo and upload progress if the interval has passed."""
+        from stages.train.progress import report_argo_progress
+
+        state = getattr(trainer, "state", None)
+        if state is not None:
+            report_argo_progress(state.epoch, trainer.config.max_epochs)
+        if time.monotonic() - self._last_progress >= self.interval:
+            self.push_progress()
+
+    def push_progress(self) -> None:
+        """Upload progress.png and the training logs of the fold; copy progress.png to the artifacts folder."""
+        self._last_progress = time.monotonic()
+        for path in sorted(self.local_fold.glob("training_log_*.txt")) + [self.local_fold / "progress.png"]:
+            self.push(path)
+        self.copy_artifacts()
+
+    def copy_artifacts(self) -> None:
+        """Copy progress.png and the validation summary.json (when present) to the artifacts folder."""
+        if self.artifacts_dir is None:
+            return
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        for path, name in ((self.local_fold / "progress.png", "progress.png"),
+                           (self.local_fold / SUMMARY_PATH, "summary.json")):
+            if path.is_file():
+                shutil.copyfile(path, self.artifacts_dir / name)
+
+    def flush(self, best_effort: bool = False) -> None:
+        """Upload progress and logs now; with ``best_effort`` a failure is logged, not raised."""
+        try:
+            self.push_progress()
+        except Exception as exc:  # noqa: BLE001 - while another error is on its way out
+            if not best_effort:
+                raise
+            log.warning("could not upload progress and logs: %s", exc)
+
+    def publish(self, prune_latest: bool) -> None:
+        """Upload every changed file; with ``prune_latest`` drop a remote model_latest the trainer removed."""
+        from stages.train.checkpoint import LATEST, sidecar
+
+        for path in sorted(p for p in self.local_root.rglob("*") if p.is_file()):
+            self.push(path)
+        self.copy_artifacts()
+        latest = self.local_fold / LATEST
+        if prune_latest and not latest.exists():
+            for path in (sidecar(latest), latest):
+                storage.delete(self.guard.check(self.remote(self._rel(path))))
+
+    def download(self, rel: str) -> Path:
+        """Download ``rel`` (relative to the trainer folder) to the local trainer folder and note it synced."""
+        path = self.local_root / rel
+        storage.download_file(self.remote(rel), path)
+        self.note(path)
+        return path
+
+
+def restore_checkpoint(sync: FoldSync, resume_key: str) -> str | None:
+    """Prepare the local fold folder for ``resume=True``; return the checkpoint name restored, if any.
+
+    A fold folder trained on other inputs (its resume record differs, or has none) is cleared instead.
+    """
+    from stages.train.checkpoint import BEST, FINAL, LATEST
+
+    record_uri = sync.remote(f"{sync.fold_dir}/{RESUME_RECORD}")
+    try:
+        record = ResumeRecord.from_json(storage.read_bytes(record_uri), source=record_uri)
+    except (NotFoundError, BadInputError):
+        record = None
+    if record is None or record.resume_key != resume_key:
+        remote_fold = sync.remote(sync.fold_dir)
+        if storage.list_prefix(remote_fold):
+            log.warning("%s holds a run on other inputs or parameters; discarding it", remote_fold)
+            storage.delete_prefix(sync.guard.check(remote_fold))
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        storage.write_text(sync.guard.check(record_uri), ResumeRecord(resume_key=resume_key, started_at=now).to_json())
+        return None
+    for name in (FINAL, LATEST, BEST):
+        rel = f"{sync.fold_dir}/{name}"
+        if storage.exists(sync.remote(rel + ".json")) and storage.exists(sync.remote(rel)):
+            sync.download(rel)
+            sync.download(rel + ".json")
+            log.info("resuming from %s", sync.remote(rel))
+            return name
+    log.info("no complete checkpoint under %s; starting from scratch", sync.remote(sync.fold_dir))
+    return None
+
+
+def fold_extra(sync: FoldSync, summary: dict | None, output: str, configuration: str, fold: int | str) -> dict:
+    """The stage summary of a trained or validated fold (``dice`` is the validation foreground mean Dice)."""
+    summary_file = sync.local_fold / SUMMARY_PATH
+    if summary is not None and not summary_file.is_file():
+        write_json_atomic(summary_file, summary)
+    sync.copy_artifacts()
+    return {
+        "configuration": configuration,
+        "fold": str(fold),
+        "fold_folder": storage.join(output, sync.fold_dir),
+        "summary": storage.join(output, sync.fold_dir, SUMMARY_PATH) if summary_file.is_file() else None,
+        "dice": foreground_dice(summary),
+    }
+
+
+def fetch_artifacts(output: str, fold_dir: str, artifacts_dir: Path | None) -> None:
+    """Download a completed fold's progress.png and summary.json into the artifacts folder (after a skip)."""
+    if artifacts_dir is None:
+        return
+    for rel, name in (("progress.png", "progress.png"), (SUMMARY_PATH, "summary.json")):
+        uri = storage.join(output, fold_dir, rel)
+        if storage.exists(uri):
+            storage.download_file(uri, artifacts_dir / name)
+
+
+def artifacts_option() -> Any:
+    """``--artifacts-dir`` (env ``NNKUBE_ARTIFACTS_DIR``)."""
+    return typer.Option(None, "--artifacts-dir", envvar=ARTIFACTS_ENV,
+                        help="Local folder receiving progress.png and summary.json for Argo output artifacts.")
+
+
+@app.command()
+def train(
+    preprocessed: str = typer.Option(..., "--preprocessed", help="The task's preprocessed folder or s3:// prefix "
+                                     "(plans, splits_final.json, stage folders, gt_segmentations)."),
+    output: str = typer.Option(..., "--output", help="Trainer folder (local or s3://), e.g. "
+                               ".../nnUNet/3d_fullres/Task004_Hippocampus/nnUNetTrainerV2__nnUNetPlansv2.1."),
+    configuration: str = typer.Option(..., "--configuration", help="2d, 3d_fullres, 3d_lowres or "
+                                      "3d_cascade_fullres."),
+    fold: str = typer.Option(..., "--fold", help="Fold index (0-4 for the default splits) or 'all'."),
+    trainer: str = typer.Option("nnUNetTrainerV2", "--trainer", help="Registered trainer class name."),
+    plans_identifier: str = typer.Option("nnUNetPlansv2.1", "--plans-identifier", help="Plans identifier "
+                                         "(prefix of the plans file name)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs to train (default: the trainer's)."),
+    iterations: int | None = typer.Option(None, "--iterations", min=1, help="Training iterations per epoch "
+                                          "(default: the trainer's, 250)."),
+    save_every: int | None = typer.Option(None, "--save-every", min=1, help="Save and upload model_latest every "
+                                          "N epochs (default: the trainer's, 50)."),
+    npz: bool = typer.Option(False, "--npz", help="Also export softmax probabilities of the validation cases."),
+    num_workers: int | None = typer.Option(None, "--num-workers", min=0, help="Data-augmentation worker "
+                                           "processes (default: from the CPUs available)."),
+    upload_every: float = typer.Option(60.0, "--upload-every", min=0, help="Minimum seconds between uploads of "
+                                       "progress.png and the training log (checkpoints are uploaded at once)."),
+    task: str | None = typer.Option(None, "--task", help="Task name for logs (default: last part of "
+                                    "--preprocessed)."),
+    artifacts_dir: Path | None = artifacts_option(),
+    result_json: str | None = result_json_option(),
+    raw_prefix: str | None = raw_prefix_option(),
+) -> None:
+    """Train one fold and validate it; resume from the newest checkpoint under --output."""
+    from stages.log import bind_context
+    from stages.stagekit import input_digest, protected_prefixes, run_stage, scratch_dir
+    from stages.stagekit.run import marker_uri
+
+    fold_value = parse_fold(fold)
+    check_configuration(configuration)
+    task = task or storage.basename(preprocessed)
+    bind_context(stage="train", dataset=task, configuration=configuration, fold=str(fold_value))
+    guard = WriteGuard(protected_prefixes(raw_prefix, [preprocessed]))
+    inputs = preprocessed_inputs(preprocessed, configuration, plans_identifier)
+    inputs_digest = input_digest({}, inputs)
+    identity = {"trainer": trainer, "configuration": configuration, "fold": str(fold_value),
+                "plans_identifier": plans_identifier}
+    resume_key = input_digest({"resume": identity, "inputs": inputs_digest}, [])
+    fold_dir = f"fold_{fold_value}"
+    config = {"max_epochs": epochs, "iterations_per_epoch": iterations, "save_every": save_every,
+              "num_workers": num_workers}
+    syncs: list[FoldSync] = []
+
+    def compute(out_dir: Path) -> dict:
+        sync = FoldSync(out_dir, output, fold_dir, guard, upload_every, artifacts_dir)
+        syncs.append(sync)
+        restore_checkpoint(sync, resume_key)
+        with scratch_dir("train-input") as work:
+            local_pre = stage_preprocessed(preprocessed, inputs, work / task)
+            try:
+                summary = _train_fold_fn()(
+                    local_pre, out_dir, configuration, fold_value, trainer_name=trainer,
+                    plans_identifier=plans_identifier, config=config, resume=True, save_npz=npz, task=task,
+                    trainer_hook=sync.attach,
+                )
+            except BaseException:
+                sync.flush(best_effort=True)
+                raise
+        return fold_extra(sync, summary, output, configuration, fold_value)
+
+    result = run_stage(
+        "train", {**identity, "epochs": epochs, "iterations": iterations, "npz": npz, "inputs": inputs_digest},
+        [], output, compute, result_json, marker=marker_uri(storage.join(output, fold_dir)), guard=guard,
+        publish=lambda _out, _prefix: syncs[-1].publish(prune_latest=True), check_outputs="exists",
+    )
+    if result.status == "skipped":
+        fetch_artifacts(output, fold_dir, artifacts_dir)
+    typer.echo(f"fold {fold_value} of {configuration} {result.status}: foreground mean Dice "
+               f"{result.extra.get('dice')} ({storage.join(output, fold_dir)})")
