@@ -53,10 +53,10 @@ STAGE="$IMAGES_DIR/.wheelhouse"
 mkdir -p "$CACHE"
 rm -f "$CACHE"/nnkube-*.whl
 log "building the wheelhouse with $PYTHON ($TORCH_SPEC)"
-"$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$CACHE" "$REPO_ROOT"
+"$PYTHON" -m pip wheel -qq --no-deps --wheel-dir "$CACHE" "$REPO_ROOT"
 project_wheel="$(ls "$CACHE"/nnkube-*.whl)"
 # Every dependency as a wheel (sdists are built here), plus pip itself, which the Dockerfile runs from its wheel.
-"$PYTHON" -m pip wheel --quiet --wheel-dir "$CACHE" --find-links "$CACHE" \
+"$PYTHON" -m pip wheel -qq --wheel-dir "$CACHE" --find-links "$CACHE" \
     "$TORCH_SPEC" "nnkube[runtime] @ file://$project_wheel" pip
 torch_wheels=("$CACHE"/torch-*.whl)
 if [ "$TARGET" = gpu ] && ls "$CACHE"/torch-*+cpu-*.whl >/dev/null 2>&1; then

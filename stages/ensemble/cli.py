@@ -7,7 +7,7 @@ from contextlib import ExitStack
 
 import typer
 
-from stages.postprocess.staging import local_file, local_folder, output_folder, write_result_json
+from stages.postprocess.staging import local_file, local_folder, output_folder, resolve_workers, write_result_json
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -33,11 +33,10 @@ def ensemble(
     """Mean of the probability maps of the same case over all folders, argmax, written with its geometry."""
     from stages.ensemble.merge import ensemble_folders
     from stages.log import bind_context
-    from stages.resources import default_workers
 
     bind_context(stage="ensemble")
     start = time.monotonic()
-    workers = num_processes if num_processes > 0 else default_workers("nnUNet_def_n_proc", cap=8)
+    workers = resolve_workers(num_processes)
     with ExitStack() as stack:
         local_dirs = [stack.enter_context(local_folder(f, _probability_files)) for f in folders]
         rules = stack.enter_context(local_file(postprocessing)) if postprocessing else None

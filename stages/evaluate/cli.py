@@ -9,7 +9,14 @@ from pathlib import Path
 import typer
 
 from stages import storage
-from stages.postprocess.staging import format_score, images_only, local_folder, parse_int_list, write_result_json
+from stages.postprocess.staging import (
+    format_score,
+    images_only,
+    local_folder,
+    parse_int_list,
+    resolve_workers,
+    write_result_json,
+)
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -33,13 +40,12 @@ def evaluate(
     from stages.evaluate.evaluator import evaluate_folder
     from stages.log import bind_context
     from stages.postprocess.determine import foreground_score
-    from stages.resources import default_workers
 
     bind_context(stage="evaluate")
     start = time.monotonic()
     label_values = parse_int_list(labels, "--labels")
     target = output or storage.join(predictions, "summary.json")
-    workers = num_processes if num_processes > 0 else default_workers("nnUNet_def_n_proc", cap=8)
+    workers = resolve_workers(num_processes)
     with (local_folder(reference, images_only) as ref, local_folder(predictions, images_only) as pred,
           tempfile.TemporaryDirectory(prefix="nnkube-eval-") as scratch):
         local_out = Path(scratch) / "summary.json" if storage.is_s3(target) else storage.to_local_path(target)

@@ -23,18 +23,13 @@ from stages.postprocess.staging import (
     output_folder,
     parse_folds,
     parse_int_list,
+    resolve_workers,
     write_result_json,
 )
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
 _OUTPUTS = ("cv_niftis_raw", "cv_niftis_postprocessed")
-
-
-def _workers(num_processes: int) -> int:
-    from stages.resources import default_workers
-
-    return num_processes if num_processes > 0 else default_workers("nnUNet_def_n_proc", cap=8)
 
 
 def _trainer_inputs(name: str) -> bool:
@@ -108,13 +103,13 @@ def determine(
     if (trainer_dir is None) == (raw is None):
         raise BadInputError("give exactly one of --trainer-dir (consolidate folds) or --raw (a predictions folder)")
     if trainer_dir is not None:
-        result, rules_uri = _consolidate(trainer_dir, reference, folds, label_values, _workers(num_processes))
+        result, rules_uri = _consolidate(trainer_dir, reference, folds, label_values, resolve_workers(num_processes))
     else:
         if reference is None or label_values is None:
             raise BadInputError("--raw needs --reference and --labels")
         output = output or storage.join(storage.parent(raw), storage.basename(raw) + "_postprocessed")
         rules_uri = rules or storage.join(storage.parent(raw), "postprocessing.json")
-        result = _determine_folder(raw, reference, output, rules_uri, label_values, _workers(num_processes))
+        result = _determine_folder(raw, reference, output, rules_uri, label_values, resolve_workers(num_processes))
     write_result_json(result_json, {
         "schema_version": 1, "step": "postprocess", "postprocessing_json": rules_uri,
         "for_which_classes": result.for_which_classes, "dc_per_class_raw": result.dc_per_class_raw,
@@ -126,7 +121,7 @@ def determine(
 
 @app.command()
 def apply(
-    input: str = typer.Option(..., "--input", help="Folder or s3:// prefix of predicted label images."),
+    source: str = typer.Option(..., "--input", help="Folder or s3:// prefix of predicted label images."),
     output: str = typer.Option(..., "--output", help="Where the postprocessed label images go (may equal --input "
                                "for a local folder)."),
     rules: str = typer.Option(..., "--rules", help="postprocessing.json (ours or nnU-Net v1's) to apply."),
@@ -139,6 +134,6 @@ def apply(
     from stages.postprocess.models import load_rules
 
     bind_context(stage="postprocess")
-    with local_file(rules) as rules_path, local_folder(input, images_only) as src, output_folder(output) as dst:
-        written = apply_postprocessing_to_folder(src, dst, load_rules(rules_path), _workers(num_processes))
+    with local_file(rules) as rules_path, local_folder(source, images_only) as src, output_folder(output) as dst:
+        written = apply_postprocessing_to_folder(src, dst, load_rules(rules_path), resolve_workers(num_processes))
     typer.echo(f"postprocessed {len(written)} file(s) into {output}")

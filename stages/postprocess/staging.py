@@ -124,3 +124,10 @@ def parse_folds(text: str) -> list[int | str]:
 def format_score(value: float | None) -> str:
     """A Dice value with 4 decimals (``nan`` when undefined)."""
     return "nan" if value is None or value != value else f"{value:.4f}"
+
+
+def resolve_workers(num_processes: int) -> int:
+    """``--num-processes``: a positive value as given; 0 means nnUNet_def_n_proc or the CPUs available, at most 8."""
+    from stages.resources import default_workers
+
+    return num_processes if num_processes > 0 else max(1, default_workers("nnUNet_def_n_proc", cap=8))

@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from stages import storage
-from stages.postprocess.staging import download_matching, parse_folds, write_result_json
+from stages.postprocess.staging import download_matching, parse_folds, resolve_workers, write_result_json
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -62,7 +62,6 @@ def select(
     """Consolidate every candidate, ensemble every pair, and print and store the best choice."""
     from stages.log import bind_context
     from stages.paths import resolve_task, trainer_dir
-    from stages.resources import default_workers
     from stages.select.find_best import CASCADE, find_best_configuration
     from stages.select.models import ENSEMBLES, SELECTION_JSON
     from stages.select.report import format_report
@@ -70,7 +69,7 @@ def select(
     start = time.monotonic()
     configs = _split(configurations)
     fold_list = parse_folds(folds)
-    workers = num_processes if num_processes > 0 else default_workers("nnUNet_def_n_proc", cap=8)
+    workers = resolve_workers(num_processes)
     remote = storage.is_s3(results)
     if not remote:
         root = Path(storage.to_local_path(results))

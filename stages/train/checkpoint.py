@@ -49,6 +49,7 @@ class TrainingState(Document):
     ema_metrics: list[float] = Field(default_factory=list)
     learning_rates: list[float] = Field(default_factory=list)
     epoch_seconds: list[float] = Field(default_factory=list)
+    ema_state: dict[str, Any] = Field(default_factory=dict, description="EmaTracker state.")
     best_ema: float | None = None
     best_epoch: int | None = None
     finished: bool = False

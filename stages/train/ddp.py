@@ -99,15 +99,6 @@ def batch_and_oversample(batch_size: int, info: DistInfo, distribute_batch: bool
     return sizes[info.rank], frac
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over all ranks (identity for a single process); keeps gradients (for batch Dice)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        import torch.distributed.nn.functional as dnnf
-
-        return dnnf.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
 def barrier() -> None:
     """Wait for every rank (no-op for a single process)."""
     if dist.is_available() and dist.is_initialized():

@@ -24,9 +24,15 @@ from pydantic import BaseModel, ConfigDict
 from stages.errors import BadInputError, TransientError
 from stages.plan.models import Plans, StagePlan
 from stages.train import checkpoint as ckpt
-from stages.train.ddp import DistInfo, all_reduce_sum, batch_and_oversample
-from stages.train.loss import DCandCELoss, DeepSupervisionLoss, batch_dice_for, deep_supervision_weights
-from stages.train.metrics import OnlineEvaluator
+from stages.train.ddp import DistInfo, batch_and_oversample
+from stages.train.loss import (
+    DCandCELoss,
+    DeepSupervisionLoss,
+    all_reduce_with_grad,
+    batch_dice_for,
+    deep_supervision_weights,
+)
+from stages.train.metrics import EmaTracker, OnlineEvaluator
 from stages.train.network import build_network
 from stages.train.pipeline import TrainingData, make_training_data
 from stages.train.progress import TrainingLog, plot_progress, report_argo_progress
@@ -60,7 +66,7 @@ class TrainerConfig(BaseModel):
     save_latest_on_sigterm: bool = True
 
 
-class _Preempted(Exception):
+class _PreemptedError(Exception):
     pass
 
 
@@ -140,6 +146,10 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
         """Folder of previous-stage predictions (cascade only)."""
         return None
 
+    def network_input(self, case_id: str, data: np.ndarray) -> np.ndarray:
+        """Network input of a whole preprocessed case for validation (the cascade appends the one-hot seg)."""
+        return data
+
     def build_network(self) -> torch.nn.Module:
         """The Generic U-Net of this configuration."""
         return build_network(self.stage_plan, self.num_input_channels, self.num_classes, self.dimension)
@@ -147,7 +157,7 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
     def build_loss(self) -> DeepSupervisionLoss:
         """DC+CE with deep-supervision weights (batch Dice per spec §6.4's rule)."""
         batch_dice = batch_dice_for(self.configuration, self.plans.has_cascade)
-        base = DCandCELoss(batch_dice=batch_dice, reduce_fn=all_reduce_sum if self.dist.enabled else None)
+        base = DCandCELoss(batch_dice=batch_dice, batch_reduce=all_reduce_with_grad if self.dist.enabled else None)
         return DeepSupervisionLoss(base, deep_supervision_weights(self.stage_plan.num_pool))
 
     def build_data(self, train_keys: list[str], val_keys: list[str]) -> TrainingData:
@@ -168,6 +178,7 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
             seed=self.config.seed + 1000 * self.dist.rank,
             prev_stage_folder=self.prev_stage_folder,
             num_classes=self.num_classes,
+            use_mask_for_norm=self.plans.use_mask_for_norm,
             pin_memory=self.device.type == "cuda",
         )
 
@@ -194,6 +205,7 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
         self.loss = self.build_loss()
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.amp and self.device.type == "cuda" else None
         self.evaluator = OnlineEvaluator(self.num_classes)
+        self.ema = EmaTracker()
         self.state = ckpt.TrainingState(
             trainer=type(self).__name__, task=self.task, configuration=self.configuration, fold=self.fold,
             plans_identifier=self.plans.plans_identifier, num_input_channels=self.num_input_channels,
@@ -223,7 +235,7 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
             state.iterations_per_epoch = self.config.iterations_per_epoch
             state.config = self.config.model_dump()
         self.state = state
-        self.evaluator.load_ema(state.ema_metrics[-1] if state.ema_metrics else None, state.best_ema)
+        self.ema = EmaTracker.from_state_dict(state.ema_state) if state.ema_state else EmaTracker()
         self.log("loaded %s (epoch %d)", Path(path).name, state.epoch)
 
     def save(self, name: str, with_optimizer: bool = True) -> Path | None:
@@ -309,7 +321,7 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
         try:
             while self.state.epoch < self.config.max_epochs:
                 self._run_epoch(data)
-        except _Preempted:
+        except _PreemptedError:
             self.save(ckpt.LATEST)
             raise TransientError(f"training pre-empted by SIGTERM after epoch {self.state.epoch}") from None
         finally:
@@ -337,12 +349,13 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
         for _ in range(self.config.iterations_per_epoch):
             losses.append(self.train_step(next(data.train)))
             if self._stop_requested:
-                raise _Preempted()
+                raise _PreemptedError()
         self.network.eval()
         self.evaluator.reset()
         val_losses = [self.validation_step(next(data.val)) for _ in range(self.config.val_iterations)]
-        self.evaluator.all_reduce(all_reduce_sum if self.dist.enabled else None)
-        dice, ema, is_best = self.evaluator.finish_epoch()
+        dice = self.evaluator.finish().mean_fg_dice
+        is_best = self.ema.update(dice, epoch)
+        ema = self.ema.ema if self.ema.ema is not None else float("nan")
         self.on_epoch_end(epoch, float(np.mean(losses)), float(np.mean(val_losses)) if val_losses else float("nan"),
                           dice, ema, is_best, lr, time.time() - start)
 
@@ -357,6 +370,7 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
         s.learning_rates.append(lr)
         s.epoch_seconds.append(seconds)
         s.epoch = epoch + 1
+        s.ema_state = self.ema.state_dict()
         self.log("epoch %d/%d: train loss %.4f, val loss %.4f, pseudo Dice %.4f (EMA %.4f), lr %.5f, %.1f s",
                  epoch + 1, self.config.max_epochs, train_loss, val_loss, dice, ema, lr, seconds)
         if not self.dist.is_main:
