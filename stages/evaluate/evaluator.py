@@ -57,7 +57,7 @@ def aggregate(per_case: list[dict], labels: list[int]) -> dict:
 def foreground_mean_dice(summary: dict) -> float:
     """The model-selection score of a summary: mean over foreground labels of the case-averaged Dice."""
     mean = summary["results"]["mean"]
-    values = [v["Dice"] for k, v in mean.items() if k not in ("mean", "0")]
+    values = [v["Dice"] for k, v in mean.items() if k not in ("mean", "0") and v.get("Dice") is not None]
     return nanmean(values)
 
 

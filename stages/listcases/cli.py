@@ -23,7 +23,8 @@ def list_cases(
         ..., "--input", help="Folder or s3:// prefix holding the images, <case>_XXXX.nii.gz (one file per modality)."
     ),
     num_shards: int = typer.Option(
-        ..., "--num-shards", min=1, help="Number of shards; shard i gets the sorted cases [i::num_shards]."
+        ..., "--num-shards", min=1,
+        help="Number of shards; shard i gets every N-th case of the sorted ids, from index i.",
     ),
     output: str = typer.Option(..., "--output", help="Local path or URI where the shard plan (JSON) is written."),
     modalities: int | None = typer.Option(

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stages.errors import BadInputError
-from stages.evaluate.evaluator import evaluate_folder
+from stages.evaluate.evaluator import evaluate_folder, foreground_mean_dice
 from stages.postprocess.connected_components import apply_postprocessing_to_folder, image_files
 from stages.postprocess.models import POSTPROCESSING_JSON, ClassSpec, PostprocessingRules
 
@@ -40,9 +40,8 @@ def class_dice(summary: dict, classes: Sequence[int]) -> dict[str, float | None]
 
 def foreground_score(summary: dict) -> float | None:
     """Model-selection score: mean over foreground labels of the case-averaged Dice (None if undefined)."""
-    values = [v.get("Dice") for k, v in summary["results"]["mean"].items() if k not in ("0", "mean")]
-    values = [float(v) for v in values if v is not None and not math.isnan(v)]
-    return sum(values) / len(values) if values else None
+    score = foreground_mean_dice(summary)
+    return None if math.isnan(score) else score
 
 
 def _better(new: float | None, old: float | None) -> bool:

@@ -25,13 +25,17 @@ from typing import Any
 from stages import storage
 from stages.errors import NotFoundError
 from stages.storage.backend import TMP_PREFIX, sha256_file
+from stages.storage.retry import call_with_retries
+from stages.storage.settings import s3_client
+from stages.storage.uri import split_s3
 
 SMALL_FILE = 4 * 1024 * 1024
 DIGEST_VERSION = 1  # bump when the way identities are computed changes (every stage then reruns once)
 
 
 def _s3_identity(etag: str, size: int) -> str:
-    return f"etag:{etag.strip(chr(34))}:{size}"
+    quote = '"'
+    return f"etag:{etag.strip(quote)}:{size}"
 
 
 def local_file_identity(path: str | os.PathLike) -> str:
@@ -54,9 +58,6 @@ def local_file_identity(path: str | os.PathLike) -> str:
 
 def _s3_call(op: str, uri: str, **kwargs: Any) -> dict:
     """One S3 API call with the storage layer's client, retries and error translation."""
-    from stages.storage.retry import call_with_retries
-    from stages.storage.settings import s3_client
-
     settings = storage.current_settings()
     method = getattr(s3_client(settings), op)
     return call_with_retries(
@@ -67,8 +68,6 @@ def _s3_call(op: str, uri: str, **kwargs: Any) -> dict:
 
 def _s3_listing(uri_prefix: str, recursive: bool) -> dict[str, str]:
     """``{name relative to the folder prefix: identity}`` of the objects under an S3 folder prefix."""
-    from stages.storage.uri import split_s3
-
     bucket, key = split_s3(uri_prefix)
     key = key.strip("/")
     prefix = f"{key}/" if key else ""
@@ -140,8 +139,6 @@ def _s3_files_identities(uris: Sequence[str]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for parent, members in by_parent.items():
         if len(members) == 1:
-            from stages.storage.uri import split_s3
-
             bucket, key = split_s3(members[0])
             try:
                 head = _s3_call("head_object", members[0], Bucket=bucket, Key=key)

@@ -104,9 +104,11 @@ def default_augmentation_params(
         dimension: 2 or 3 (or "2D"/"3D"): the network's dimensionality.
         do_dummy_2D: The plans' ``do_dummy_2D_data_aug`` (ignored for 2D networks).
     """
-    dim = int(str(dimension).upper().rstrip("D"))
-    if dim not in (2, 3) or len(patch_size) != dim:
-        raise BadInputError(f"a {dimension} configuration needs a {dimension} patch size, got {list(patch_size)}")
+    dim = {"2": 2, "3": 3, "2D": 2, "3D": 3}.get(str(dimension).upper())
+    if dim is None:
+        raise BadInputError(f"dimension must be 2 or 3 (or '2D'/'3D'), got {dimension!r}")
+    if len(patch_size) != dim:
+        raise BadInputError(f"a {dim}D configuration needs a {dim}D patch size, got {list(patch_size)}")
     patch = tuple(int(p) for p in patch_size)
     values: dict = {}
     if dim == 3:

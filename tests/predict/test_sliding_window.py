@@ -210,3 +210,19 @@ def test_wrong_class_count_or_patch_is_rejected():
         predict_sliding_window(net, np.zeros((1, 8, 8), np.float32), (8, 8, 8), 2)
     with pytest.raises(ValueError, match="mirror"):
         predict_sliding_window(net, np.zeros((1, 8, 8, 8), np.float32), (8, 8, 8), 2, (3,))
+
+
+def test_cpu_workers_do_not_change_the_result_and_threads_are_restored():
+    net = _tiny_net(3, 1, 3)
+    data = np.random.RandomState(5).normal(size=(1, 14, 15, 11)).astype(np.float32)
+    before = torch.get_num_threads()
+    results = [predict_sliding_window(net, data, (8, 8, 8), 3, (0, 2), num_workers=w) for w in (1, 2, 3)]
+    assert torch.get_num_threads() == before
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])
+
+
+def test_worker_errors_propagate():
+    net = _tiny_net(3, 1, 2)
+    with pytest.raises(BadInputError, match="classes"):
+        predict_sliding_window(net, np.zeros((1, 16, 16, 16), np.float32), (8, 8, 8), 4, (0,), num_workers=2)

@@ -112,8 +112,8 @@ def test_failure_mid_upload_leaves_no_marker_and_the_next_run_recomputes(root):
 def test_marker_is_the_last_write(root, monkeypatch):
     source, out, compute = _setup(root)
     writes: list[str] = []
-    real_upload, real_write = storage.upload_file, storage.write_bytes
-    monkeypatch.setattr(storage, "upload_file", lambda src, uri: (writes.append(str(uri)), real_upload(src, uri)))
+    real_copy, real_write = storage.copy, storage.write_bytes  # upload_tree copies file by file
+    monkeypatch.setattr(storage, "copy", lambda src, uri: (writes.append(str(uri)), real_copy(src, uri)))
     monkeypatch.setattr(storage, "write_bytes", lambda uri, data: (writes.append(str(uri)), real_write(uri, data)))
     run_stage("demo", {}, [source], out, compute)
     assert sorted(writes[:-1]) == [storage.join(out, "a.txt"), storage.join(out, "sub/b.txt")]

@@ -27,6 +27,6 @@ def guarded(prog: str, func: Callable[[], object]) -> int:
 
 def workers() -> int:
     """Default worker processes: ``nnUNet_def_n_proc`` or the available CPUs, at most 8."""
-    from stages.resources import default_workers
+    from stages.postprocess.staging import resolve_workers
 
-    return max(1, default_workers("nnUNet_def_n_proc", cap=8))
+    return resolve_workers(0)
