@@ -56,8 +56,15 @@ log "building the wheelhouse with $PYTHON ($TORCH_SPEC)"
 "$PYTHON" -m pip wheel -qq --no-deps --wheel-dir "$CACHE" "$REPO_ROOT"
 project_wheel="$(ls "$CACHE"/nnkube-*.whl)"
 # Every dependency as a wheel (sdists are built here), plus pip itself, which the Dockerfile runs from its wheel.
-"$PYTHON" -m pip wheel -qq --wheel-dir "$CACHE" --find-links "$CACHE" \
-    "$TORCH_SPEC" "nnkube[runtime] @ file://$project_wheel" pip
+# Resolved again only when the dependencies, the torch spec or the interpreter change.
+stamp="$(cat "$REPO_ROOT/pyproject.toml" - <<<"$TORCH_SPEC $("$PYTHON" -VV)" | sha256sum | cut -c1-64)"
+if [ "$(cat "$CACHE/.stamp" 2>/dev/null)" != "$stamp" ]; then
+    "$PYTHON" -m pip wheel -qq --wheel-dir "$CACHE" --find-links "$CACHE" \
+        "$TORCH_SPEC" "nnkube[runtime] @ file://$project_wheel" pip
+    echo "$stamp" >"$CACHE/.stamp"
+else
+    log "dependency wheels unchanged (cached in $CACHE)"
+fi
 torch_wheels=("$CACHE"/torch-*.whl)
 if [ "$TARGET" = gpu ] && ls "$CACHE"/torch-*+cpu-*.whl >/dev/null 2>&1; then
     die "the gpu wheelhouse got a CPU torch wheel; point pip at the CUDA build (--torch-spec / PIP_* settings)"
@@ -67,12 +74,16 @@ rm -rf "$STAGE"
 mkdir -p "$STAGE"
 ln "$CACHE"/*.whl "$STAGE"/ 2>/dev/null || cp "$CACHE"/*.whl "$STAGE"/
 PY_VERSION="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+# Layer-cache keys: the dependency wheels by name (names carry versions), the project by content.
+DEPS_STAMP="$(cd "$STAGE" && ls *.whl | grep -v '^nnkube-' | sha256sum | cut -c1-16)"
+PROJECT_STAMP="$(cat "$STAGE"/nnkube-*.whl "$IMAGES_DIR/precompile.py" | sha256sum | cut -c1-16)"
 
 # --- image ---
 log "building $TAG (target $TARGET) on $BASE_IMAGE"
 start=$(date +%s)
 podman build --quiet --file "$IMAGES_DIR/Dockerfile" --target "$TARGET" \
     --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg PYTHON_VERSION="$PY_VERSION" \
+    --build-arg DEPS_STAMP="$DEPS_STAMP" --build-arg PROJECT_STAMP="$PROJECT_STAMP" \
     --tag "$TAG" "$REPO_ROOT" >/dev/null
 rm -rf "$STAGE"
 size=$(podman image inspect --format '{{.Size}}' "$TAG")

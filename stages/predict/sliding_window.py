@@ -238,7 +238,10 @@ def _torch_threads(num: int) -> Iterator[None]:
 def _as_tensor(data: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     if isinstance(data, torch.Tensor):
         return data.detach().to(device=device, dtype=torch.float32)
-    return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(device)
+    array = np.ascontiguousarray(data, dtype=np.float32)
+    if not array.flags.writeable:  # e.g. a read-only memory map: torch wants writable memory
+        array = array.copy()
+    return torch.from_numpy(array).to(device)
 
 
 def predict_sliding_window(

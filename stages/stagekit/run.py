@@ -227,27 +227,16 @@ def run_stage(
             log.info("recomputing: %s since the last run (%s)", reason, mark)
         if mark is not None:
             storage.delete(mark)  # also an unreadable one: no marker may vouch for what follows
-        with scratch_dir(name) as scratch:
-            out_dir = scratch / "out"
-            out_dir.mkdir()
-            extra = compute_fn(out_dir) or {}
-            names = relative_files(out_dir)
-            outputs: dict[str, str] = {}
-            if output_prefix is not None:
-                guard.check_all(storage.join(output_prefix, n) for n in names)
-                (publish or _upload)(out_dir, output_prefix)
-                outputs = identities_of(output_prefix, names)
+        extra, outputs = _compute_and_publish(name, compute_fn, output_prefix, guard, publish)
         if prune_stale and old is not None:
-            for stale in sorted(set(old.outputs) - set(outputs)):
-                storage.delete(guard.check(storage.join(output_prefix, stale)))
-                log.info("removed stale output %s", storage.join(output_prefix, stale))
+            _prune(output_prefix, sorted(set(old.outputs) - set(outputs)), guard)
         seconds = round(time.monotonic() - start, 3)
         if mark is not None:
             done = CompletionMarker(
                 stage=name, input_digest=digest, outputs=outputs, extra=extra, seconds=seconds,
                 completed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             )
-            storage.write_text(mark, done.to_json())
+            storage.write_text(mark, done.to_json())  # last: it vouches for everything written before
         result = StageResult(
             stage=name, status="done", outputs=[storage.join(output_prefix, n) for n in outputs],
             input_digest=digest, seconds=seconds, marker=mark, extra=extra,
@@ -255,3 +244,26 @@ def run_stage(
         write_result(result, result_json, guard)
         log.info("done in %.1f s: %d output(s)%s", seconds, len(outputs), f" under {output_prefix}" if mark else "")
         return result
+
+
+def _compute_and_publish(name: str, compute_fn: ComputeFn, output_prefix: str | None, guard: WriteGuard,
+                         publish: PublishFn | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Run ``compute_fn`` in scratch and publish what it wrote; return its summary and the outputs' identities."""
+    with scratch_dir(name) as scratch:
+        out_dir = scratch / "out"
+        out_dir.mkdir()
+        extra = compute_fn(out_dir) or {}
+        if output_prefix is None:
+            return extra, {}
+        names = relative_files(out_dir)
+        guard.check_all(storage.join(output_prefix, n) for n in names)
+        (publish or _upload)(out_dir, output_prefix)
+        return extra, identities_of(output_prefix, names)
+
+
+def _prune(output_prefix: str, stale: list[str], guard: WriteGuard) -> None:
+    """Delete outputs of a previous run that this run no longer writes."""
+    for name in stale:
+        uri = guard.check(storage.join(output_prefix, name))
+        storage.delete(uri)
+        log.info("removed stale output %s", uri)

@@ -9,8 +9,9 @@ training log follow at most every ``--upload-every`` seconds. On SIGTERM the tra
 the upload finishes, and the stage exits 75 (transient: retry).
 
 A resume record (``fold_F/_NNKUBE_RESUME.json``) holds the digest of the inputs and of the trainer, plans and
-fold: checkpoints of a run on other inputs are discarded instead of resumed. The fold's completion marker is
-``fold_F/_NNKUBE_COMPLETE.json``.
+fold: checkpoints of a run on other inputs are discarded instead of resumed, while a rerun that only changes
+``--epochs`` or ``--iterations`` continues from them (as nnU-Net's ``-c`` would). The fold's completion marker
+is ``fold_F/_NNKUBE_COMPLETE.json``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import typer
 
 from stages import storage
 from stages.documents import Document, write_json_atomic
-from stages.errors import BadInputError, NotFoundError
+from stages.errors import BadInputError
 from stages.stagekit.guard import WriteGuard
 from stages.stagekit.options import raw_prefix_option, result_json_option
 
@@ -276,7 +277,7 @@ def restore_checkpoint(sync: FoldSync, resume_key: str) -> str | None:
     record_uri = sync.remote(f"{sync.fold_dir}/{RESUME_RECORD}")
     try:
         record = ResumeRecord.from_json(storage.read_bytes(record_uri), source=record_uri)
-    except (NotFoundError, BadInputError):
+    except BadInputError:  # absent (NotFoundError) or unreadable
         record = None
     if record is None or record.resume_key != resume_key:
         remote_fold = sync.remote(sync.fold_dir)

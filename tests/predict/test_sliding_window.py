@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -179,6 +180,12 @@ def test_tta_changes_the_prediction_and_tensor_input_is_accepted():
     assert np.abs(plain - tta).max() > 1e-2
     from_tensor = predict_sliding_window(net, torch.from_numpy(data), (8, 8, 8), 2, (0, 1, 2))
     np.testing.assert_allclose(from_tensor, tta, atol=1e-6)
+    read_only = data.copy()
+    read_only.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_read_only = predict_sliding_window(net, read_only, (8, 8, 8), 2, (0, 1, 2))
+    np.testing.assert_allclose(from_read_only, tta, atol=1e-6)
 
 
 class _DeepSupervised(torch.nn.Module):
