@@ -56,7 +56,7 @@ log "importing as $IMAGE"
 # Through a file, not a pipe: a failing tar must not leave an empty image behind.
 tar --numeric-owner -C "$ROOTFS" -cf "$ROOTFS.tar" .
 trap 'rm -rf "$ROOTFS" "$ROOTFS.tar"' EXIT
-podman import \
+podman import --quiet \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     --change 'CMD ["/bin/bash"]' "$ROOTFS.tar" "$IMAGE" >/dev/null

@@ -14,7 +14,6 @@ from stages.documents import write_json_atomic
 from stages.evaluate.evaluator import evaluate_folder
 from stages.predict.engine import mirror_axes_for, predict_preprocessed
 from stages.predict.export import ExportPool
-from stages.preprocess.models import CaseProperties, properties_file
 from stages.preprocess.preprocessor import load_case
 
 log = logging.getLogger(__name__)
@@ -44,8 +43,7 @@ def validate_fold(trainer, save_npz: bool = False, folder_name: str = "validatio
                        "step_size": trainer.config.val_step_size, "checkpoint": "model_final_checkpoint"})
     with ExportPool() as pool:
         for i, case_id in enumerate(keys):
-            data, _seg = load_case(trainer.data_folder, case_id, mmap=False)
-            props = CaseProperties.load(trainer.data_folder / properties_file(case_id))
+            data, _seg, props = load_case(trainer.data_folder, case_id, mmap=False)
             data = trainer.network_input(case_id, data)
             probs = predict_preprocessed([network], data, trainer.stage_plan, trainer.dimension, trainer.num_classes,
                                          axes, trainer.config.val_step_size, trainer.device, trainer.amp)
