@@ -66,11 +66,22 @@ class StageResult(Document):
 
     stage: str = Field(description="Stage name.")
     status: Literal["done", "skipped"] = Field(description="'skipped' when the outputs were already up to date.")
-    outputs: list[str] = Field(default_factory=list, description="URIs of the outputs, sorted.")
+    outputs: list[str] = Field(
+        default_factory=list,
+        description="URIs of the top-level outputs under the output prefix (files, and folders ending in '/'), "
+        "sorted; small enough for an Argo output parameter however many files a folder holds.",
+    )
+    num_outputs: int = Field(0, description="Number of output files in all.")
     input_digest: str = Field(description="Digest of the parameters and input identities.")
     seconds: float = Field(description="Wall time of this run.")
     marker: str | None = Field(default=None, description="URI of the completion marker, if the stage has outputs.")
     extra: dict[str, Any] = Field(default_factory=dict, description="Stage-specific summary (counts, scores ...).")
+
+
+def _top_level(output_prefix: str, names) -> list[str]:
+    """Top-level entries (``file`` or ``folder/``) of output names relative to the prefix, as URIs."""
+    tops = {n.split("/", 1)[0] + ("/" if "/" in n else "") for n in names}
+    return [storage.join(output_prefix, t) + ("/" if t.endswith("/") else "") for t in sorted(tops)]
 
 
 def marker_uri(output_prefix: str, tag: str | None = None) -> str:
@@ -219,7 +230,8 @@ def run_stage(
             if reason is None:
                 log.info("skipped: outputs up to date (%s)", mark)
                 result = StageResult(
-                    stage=name, status="skipped", outputs=[storage.join(output_prefix, n) for n in old.outputs],
+                    stage=name, status="skipped", outputs=_top_level(output_prefix, old.outputs),
+                    num_outputs=len(old.outputs),
                     input_digest=digest, seconds=round(time.monotonic() - start, 3), marker=mark, extra=old.extra,
                 )
                 write_result(result, result_json, guard)
@@ -238,7 +250,7 @@ def run_stage(
             )
             storage.write_text(mark, done.to_json())  # last: it vouches for everything written before
         result = StageResult(
-            stage=name, status="done", outputs=[storage.join(output_prefix, n) for n in outputs],
+            stage=name, status="done", outputs=_top_level(output_prefix, outputs), num_outputs=len(outputs),
             input_digest=digest, seconds=seconds, marker=mark, extra=extra,
         )
         write_result(result, result_json, guard)

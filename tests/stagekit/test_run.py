@@ -51,7 +51,8 @@ def test_second_run_skips_and_keeps_the_summary(root, tmp_path, caplog):
     first = run_stage("demo", {"k": 1}, [source], out, compute, result_path)
     assert first.status == "done" and compute.calls == 1
     assert storage.read_text(storage.join(out, "a.txt")) == "HELLO"
-    assert first.outputs == [storage.join(out, "a.txt"), storage.join(out, "sub/b.txt")]
+    assert first.outputs == [storage.join(out, "a.txt"), storage.join(out, "sub") + "/"]
+    assert first.num_outputs == 2
     assert StageResult.load(result_path) == first
     marker = read_marker(storage.join(out, MARKER_NAME))
     assert marker is not None and marker.input_digest == first.input_digest
