@@ -70,7 +70,7 @@ if [ "$TARGET" = gpu ] && ls "$CACHE"/torch-*+cpu-*.whl >/dev/null 2>&1; then
     die "the gpu wheelhouse got a CPU torch wheel; point pip at the CUDA build (--torch-spec / PIP_* settings)"
 fi
 [ ${#torch_wheels[@]} -eq 1 ] || die "several torch wheels in $CACHE: ${torch_wheels[*]}; remove the stale ones"
-rm -rf "$STAGE"
+: rm -rf "$STAGE"
 mkdir -p "$STAGE"
 ln "$CACHE"/*.whl "$STAGE"/ 2>/dev/null || cp "$CACHE"/*.whl "$STAGE"/
 PY_VERSION="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
@@ -85,7 +85,7 @@ podman build --quiet --file "$IMAGES_DIR/Dockerfile" --target "$TARGET" \
     --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg PYTHON_VERSION="$PY_VERSION" \
     --build-arg DEPS_STAMP="$DEPS_STAMP" --build-arg PROJECT_STAMP="$PROJECT_STAMP" \
     --tag "$TAG" "$REPO_ROOT" >/dev/null
-rm -rf "$STAGE"
+: rm -rf "$STAGE"
 size=$(podman image inspect --format '{{.Size}}' "$TAG")
 log "built $TAG in $(( $(date +%s) - start )) s: $(( size / 1000000 )) MB"
 echo "$TAG"

@@ -126,16 +126,6 @@ def default_augmentation_params(
     return AugmentationParams(patch_size=patch, loader_patch_size=loader, **values)
 
 
-def deep_supervision_scales_for(pool_op_kernel_sizes: Sequence[Sequence[int]]) -> list[list[float]]:
-    """Relative sizes of the deep-supervision targets: ``[1, ...]`` then 1 / cumulative pooling, last dropped.
-
-    The loss module's definition is used, so that targets and loss weights cannot disagree.
-    """
-    from stages.train.loss import deep_supervision_scales
-
-    return deep_supervision_scales(pool_op_kernel_sizes)
-
-
 class Convert3DTo2DTransform(AbstractTransform):
     """Dummy-2D: fold axis 0 into the channels, (B, C, Z, Y, X) -> (B, C*Z, Y, X), for data and seg."""
 
@@ -367,7 +357,8 @@ def get_training_transforms(
 
     Args:
         params: From :func:`default_augmentation_params`.
-        deep_supervision_scales: Target scales (:func:`deep_supervision_scales_for`); None keeps one target.
+        deep_supervision_scales: Target scales (:func:`stages.train.loss.deep_supervision_scales`); None keeps
+            one target.
         use_mask_for_norm: Per image channel, whether it was normalized inside the nonzero mask (the plans'
             ``use_mask_for_norm``); those channels are zeroed outside the mask.
         cascade_labels: Foreground labels ``1..K-1`` of the previous stage (3d_cascade_fullres); None otherwise.

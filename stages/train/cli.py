@@ -346,6 +346,10 @@ def train(
                                           "(default: the trainer's, 250)."),
     save_every: int | None = typer.Option(None, "--save-every", min=1, help="Save and upload model_latest every "
                                           "N epochs (default: the trainer's, 50)."),
+    val_iterations: int | None = typer.Option(None, "--val-iterations", min=1, help="Validation batches per "
+                                              "epoch (default: the trainer's, 50)."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="Reseed every epoch and augment in-process "
+                                       "(no workers), so that a run, resumed or not, is reproducible."),
     npz: bool = typer.Option(False, "--npz", help="Also export softmax probabilities of the validation cases."),
     num_workers: int | None = typer.Option(None, "--num-workers", min=0, help="Data-augmentation worker "
                                            "processes (default: from the CPUs available)."),
@@ -373,8 +377,8 @@ def train(
                 "plans_identifier": plans_identifier}
     resume_key = input_digest({"resume": identity, "inputs": inputs_digest}, [])
     fold_dir = f"fold_{fold_value}"
-    config = {"max_epochs": epochs, "iterations_per_epoch": iterations, "save_every": save_every,
-              "num_workers": num_workers}
+    config = {"max_epochs": epochs, "iterations_per_epoch": iterations, "val_iterations": val_iterations,
+              "save_every": save_every, "num_workers": num_workers, "deterministic": deterministic or None}
     syncs: list[FoldSync] = []
 
     def compute(out_dir: Path) -> dict:
@@ -395,7 +399,8 @@ def train(
         return fold_extra(sync, summary, output, configuration, fold_value)
 
     result = run_stage(
-        "train", {**identity, "epochs": epochs, "iterations": iterations, "npz": npz, "inputs": inputs_digest},
+        "train", {**identity, "epochs": epochs, "iterations": iterations, "val_iterations": val_iterations,
+                  "deterministic": deterministic, "npz": npz, "inputs": inputs_digest},
         [], output, compute, result_json, marker=marker_uri(storage.join(output, fold_dir)), guard=guard,
         publish=lambda _out, _prefix: syncs[-1].publish(prune_latest=True), check_outputs="exists",
     )

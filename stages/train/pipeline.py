@@ -38,7 +38,7 @@ def make_training_data(
     batch_size: int,
     oversample_foreground_percent: float,
     num_workers: int | None,
-    seed: int,
+    seed: int | None,
     use_mask_for_norm: dict[int, bool] | None = None,
     prev_stage_folder: Path | None = None,
     num_classes: int = 2,
@@ -55,7 +55,7 @@ def make_training_data(
         batch_size: Per-process batch size.
         oversample_foreground_percent: Fraction of foreground-forced samples per batch.
         num_workers: Training augmentation workers (validation gets half); None derives them from the CPUs.
-        seed: Base seed of the workers.
+        seed: Base seed of the workers; None leaves the generators alone (in-process: the caller seeds them).
         use_mask_for_norm: Channels normalized inside the nonzero mask (zeroed outside after augmentation).
         prev_stage_folder: Previous-stage predictions (cascade), or None.
         num_classes: Classes incl. background (cascade one-hot channels are 1..K-1).
@@ -76,5 +76,6 @@ def make_training_data(
     n_train = default_num_workers() if num_workers is None else num_workers
     n_val = max(n_train // 2, 1) if n_train > 0 else 0
     train = Augmenter(train_loader, train_tf, num_workers=n_train, seeds=seed, pin_memory=pin_memory)
-    val = Augmenter(val_loader, val_tf, num_workers=n_val, seeds=seed + 10_000, pin_memory=pin_memory)
+    val_seed = None if seed is None else seed + 10_000
+    val = Augmenter(val_loader, val_tf, num_workers=n_val, seeds=val_seed, pin_memory=pin_memory)
     return TrainingData(train, val)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import time
 from pathlib import Path
@@ -33,10 +34,10 @@ from stages.train.loss import (
     deep_supervision_weights,
 )
 from stages.train.metrics import EmaTracker, OnlineEvaluator
-from stages.train.network import build_network
+from stages.train.network import build_network, init_weights_he
 from stages.train.pipeline import TrainingData, make_training_data
 from stages.train.progress import TrainingLog, plot_progress, report_argo_progress
-from stages.train.schedule import make_optimizer, poly_lr
+from stages.train.schedule import make_optimizer, poly_lr, set_momentum
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class TrainerConfig(BaseModel):
     distribute_batch: bool = False
     val_step_size: float = 0.5
     save_latest_on_sigterm: bool = True
+    safeguard_epoch: int = 100
+    safeguard_momentum: float = 0.95
 
 
 class _PreemptedError(Exception):
@@ -161,11 +164,16 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
         return DeepSupervisionLoss(base, deep_supervision_weights(self.stage_plan.num_pool))
 
     def build_data(self, train_keys: list[str], val_keys: list[str]) -> TrainingData:
-        """Training and validation batch generators (augmentation in background workers)."""
+        """Training and validation batch generators (augmentation in background workers).
+
+        Deterministic runs augment in-process from the generators reseeded every epoch, so that a run resumed
+        at epoch ``k`` draws the same batches as an uninterrupted one (workers would restart their streams).
+        """
         batch_size, oversample = batch_and_oversample(
             self.stage_plan.batch_size, self.dist, self.config.distribute_batch,
             self.config.oversample_foreground_percent,
         )
+        deterministic = self.config.deterministic
         return make_training_data(
             data_folder=self.data_folder,
             stage_plan=self.stage_plan,
@@ -174,8 +182,8 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
             val_keys=val_keys,
             batch_size=batch_size,
             oversample_foreground_percent=oversample,
-            num_workers=self.config.num_workers,
-            seed=self.config.seed + 1000 * self.dist.rank,
+            num_workers=0 if deterministic else self.config.num_workers,
+            seed=None if deterministic else self.config.seed + 1000 * self.dist.rank,
             prev_stage_folder=self.prev_stage_folder,
             num_classes=self.num_classes,
             use_mask_for_norm=self.plans.use_mask_for_norm,
@@ -197,6 +205,8 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
         """Build network, optimizer, loss and a fresh training state."""
         torch.manual_seed(self.config.seed + self.dist.rank)
         np.random.seed(self.config.seed + self.dist.rank)
+        torch.backends.cudnn.benchmark = not self.config.deterministic
+        torch.backends.cudnn.deterministic = self.config.deterministic
         self.network = self.build_network().to(self.device)
         self.optimizer = make_optimizer(
             self.network.parameters(), lr=self.config.initial_lr, weight_decay=self.config.weight_decay,
@@ -339,8 +349,7 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
     def _run_epoch(self, data: TrainingData) -> None:
         epoch = self.state.epoch
         if self.config.deterministic:
-            torch.manual_seed(self.config.seed + epoch)
-            np.random.seed((self.config.seed + epoch + 1000 * self.dist.rank) % 2**32)
+            self.seed_epoch(epoch)
         start = time.time()
         lr = self._set_lr(epoch)
         self.network.train()
@@ -359,6 +368,30 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
         self.on_epoch_end(epoch, float(np.mean(losses)), float(np.mean(val_losses)) if val_losses else float("nan"),
                           dice, ema, is_best, lr, time.time() - start)
 
+    def seed_epoch(self, epoch: int) -> None:
+        """Deterministic mode: reseed torch, NumPy and ``random`` from (seed, epoch, rank) before an epoch."""
+        torch.manual_seed(self.config.seed + epoch)
+        seed = (self.config.seed + epoch + 1000 * self.dist.rank) % 2**32
+        np.random.seed(seed)
+        random.seed(seed)
+
+    def maybe_apply_momentum_safeguard(self, epoch: int, dice: float) -> bool:
+        """Spec §6.1: after epoch index ``safeguard_epoch`` (100) with a pseudo Dice of exactly 0, restart.
+
+        The momentum drops to ``safeguard_momentum`` (0.95) and the weights are He-initialised again, as
+        nnUNetTrainerV2 does for runs that got stuck predicting background only. Returns True if applied.
+        """
+        if epoch != self.config.safeguard_epoch or dice != 0:
+            return False
+        set_momentum(self.optimizer, self.config.safeguard_momentum)
+        self.network.apply(init_weights_he)
+        if self.dist.enabled:  # the ranks must restart from the same weights
+            for tensor in self.network.state_dict().values():
+                torch.distributed.broadcast(tensor, src=0)
+        self.log("pseudo Dice 0 after epoch %d: momentum lowered to %.2f and the network re-initialised",
+                 epoch + 1, self.config.safeguard_momentum)
+        return True
+
     def on_epoch_end(self, epoch: int, train_loss: float, val_loss: float, dice: float, ema: float,
                      is_best: bool, lr: float, seconds: float) -> None:
         """Record the epoch's curves, write progress and checkpoints."""
@@ -373,6 +406,7 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
         s.ema_state = self.ema.state_dict()
         self.log("epoch %d/%d: train loss %.4f, val loss %.4f, pseudo Dice %.4f (EMA %.4f), lr %.5f, %.1f s",
                  epoch + 1, self.config.max_epochs, train_loss, val_loss, dice, ema, lr, seconds)
+        self.maybe_apply_momentum_safeguard(epoch, dice)
         if not self.dist.is_main:
             return
         if is_best:

@@ -7,6 +7,7 @@ shrunk so that training is cheap on a CPU: patch 16^3 (16^2 in 2D), batch 2, two
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.factories import make_cases, write_nnunet_task
@@ -148,3 +150,98 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str, log_f
             proc.wait()
             pytest.fail(f"timed out waiting for {what}:\n{log_file.read_text()[-4000:]}")
         time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class TrainedFold:
+    """A finished single-process training of the tiny task."""
+
+    results: Path
+    fold_dir: Path
+    seconds: float
+
+
+def run_compat_train(argv: list[str]) -> int:
+    """``nnUNet_train <argv>`` in this process, with one torch thread."""
+    import torch
+    from nnkube.nnunet_compat.train import run
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run(argv)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def trained_3d(tiny_task: TinyTask, tmp_path_factory: pytest.TempPathFactory) -> TrainedFold:
+    """``nnUNet_train 3d_fullres nnUNetTrainerV2 99 0 --epochs 2 --iterations 3`` with final validation.
+
+    One augmentation worker and one export process, so that the background pipelines run too.
+    """
+    results = tmp_path_factory.mktemp("trained_3d") / "results"
+    with pytest.MonkeyPatch.context() as mp:
+        set_env(mp, tiny_task, results, export_workers=1)
+        start = time.monotonic()
+        rc = run_compat_train(["3d_fullres", "nnUNetTrainerV2", TASK_ID, "0", "--epochs", "2", "--iterations", "3",
+                               "--val_iterations", "1", "--num_workers", "1"])
+        seconds = time.monotonic() - start
+    assert rc == 0
+    return TrainedFold(results, fold_dir(results), seconds)
+
+
+def _dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float | None:
+    p, r = pred == label, ref == label
+    denom = int(p.sum()) + int(r.sum())
+    return None if denom == 0 else 2.0 * int((p & r).sum()) / denom
+
+
+def check_validation(fold: Path, task: TinyTask, npz: bool = False) -> dict:
+    """Assert the final validation's outputs for every validation case of fold 0; returns summary.json.
+
+    Segmentations must carry the raw image's exact geometry; summary.json must list every case with Dice
+    values that agree with the files, per label (background included) and as the foreground ``mean``.
+    """
+    from stages.imageio import read_image
+    from stages.preprocess.models import CaseProperties
+
+    keys = validation_keys(task)
+    out = fold / "validation_raw"
+    for case in keys:
+        seg, geometry = read_image(out / f"{case}.nii.gz")
+        _, raw_geometry = read_image(task.raw_dir / "imagesTr" / f"{case}_0000.nii.gz")
+        assert geometry == raw_geometry, (case, geometry.mismatches(raw_geometry))
+        assert set(np.unique(seg).tolist()) <= {0, 1, 2}
+        if npz:
+            with np.load(out / f"{case}.npz") as f:
+                assert list(f.keys()) == ["softmax"]
+                softmax = f["softmax"]
+            assert softmax.dtype == np.float16
+            assert softmax.shape == (3, *raw_geometry.array_shape)
+            np.testing.assert_allclose(softmax.astype(np.float32).sum(0), 1.0, atol=5e-3)
+            assert np.mean(np.argmax(softmax, axis=0) == seg) > 0.99
+            assert CaseProperties.load(out / f"{case}.json").case_id == case
+        else:
+            assert not (out / f"{case}.npz").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    per_case = summary["results"]["all"]
+    assert sorted(Path(e["test"]).name for e in per_case) == [f"{k}.nii.gz" for k in keys]
+    for entry in per_case:
+        pred, _ = read_image(entry["test"])
+        ref, _ = read_image(entry["reference"])
+        for label in (0, 1, 2):
+            expected = _dice(pred, ref, label)
+            got = entry[str(label)]["Dice"]
+            assert (got is None) if expected is None else got == pytest.approx(expected, abs=1e-6), (entry, label)
+    mean = summary["results"]["mean"]
+    for label in ("0", "1", "2"):
+        values = [e[label]["Dice"] for e in per_case if e[label]["Dice"] is not None]
+        assert mean[label]["Dice"] == pytest.approx(float(np.mean(values)))
+    assert mean["mean"]["Dice"] == pytest.approx(float(np.mean([mean["1"]["Dice"], mean["2"]["Dice"]])))
+    return summary
+
+
+def checkpoint_files(fold: Path) -> dict[str, bytes]:
+    """Content of every checkpoint file and sidecar of a fold folder."""
+    return {p.name: p.read_bytes() for p in sorted(fold.glob("model_*"))}

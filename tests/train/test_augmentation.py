@@ -10,12 +10,12 @@ from stages.train.augmentation import (
     DownsampleSegForDSTransform2,
     MaskTransform,
     RemoveRandomConnectedComponentFromOneHotEncodingTransform,
-    deep_supervision_scales_for,
     default_augmentation_params,
     get_training_transforms,
     get_validation_transforms,
 )
 from stages.train.data import DataLoader2D, DataLoader3D, PreprocessedDataset
+from stages.train.loss import deep_supervision_scales
 from stages.train.workers import seed_augmentation
 from tests.train.preprocessed_cases import write_cases
 
@@ -62,13 +62,13 @@ def test_default_params_dummy_2d_and_2d():
 
 
 def test_deep_supervision_scales():
-    assert deep_supervision_scales_for(HIPPO_POOLS) == [[1, 1, 1], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]]
-    assert deep_supervision_scales_for([[1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]) == [
+    assert deep_supervision_scales(HIPPO_POOLS) == [[1, 1, 1], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]]
+    assert deep_supervision_scales([[1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]) == [
         [1, 1, 1], [1, 0.5, 0.5], [0.5, 0.25, 0.25], [0.25, 0.125, 0.125]]
 
 
 def test_training_transform_order():
-    ds = deep_supervision_scales_for(HIPPO_POOLS)
+    ds = deep_supervision_scales(HIPPO_POOLS)
     p = default_augmentation_params(HIPPO_PATCH, 3)
     assert _names(get_training_transforms(p, deep_supervision_scales=ds, use_mask_for_norm={0: False})) == [
         "SegChannelSelectionTransform", "SpatialTransform", "GaussianNoiseTransform", "GaussianBlurTransform",
@@ -114,7 +114,7 @@ def _batch_3d(folder, bs=3, seed=0, prev=None):
 
 def test_training_output_shapes_3d(cases):
     p, batch = _batch_3d(cases, bs=4)
-    ds = deep_supervision_scales_for(HIPPO_POOLS)
+    ds = deep_supervision_scales(HIPPO_POOLS)
     out = get_training_transforms(p, deep_supervision_scales=ds, use_mask_for_norm={0: True})(**batch)
     assert isinstance(out["data"], torch.Tensor) and out["data"].dtype == torch.float32
     assert tuple(out["data"].shape) == (4, 1, *HIPPO_PATCH)
@@ -129,7 +129,7 @@ def test_validation_output_shapes(cases):
     loader = DataLoader3D(PreprocessedDataset(cases), HIPPO_PATCH, HIPPO_PATCH, 2)
     batch = next(loader)
     seg = batch["seg"].copy()
-    out = get_validation_transforms(deep_supervision_scales=deep_supervision_scales_for(HIPPO_POOLS))(**batch)
+    out = get_validation_transforms(deep_supervision_scales=deep_supervision_scales(HIPPO_POOLS))(**batch)
     assert [tuple(t.shape) for t in out["target"]][1:] == [(2, 1, 20, 28, 20), (2, 1, 10, 14, 10)]
     np.testing.assert_array_equal(out["target"][0].numpy(), np.clip(seg, 0, None))  # no augmentation
     assert tuple(out["data"].shape) == (2, 1, *p.patch_size)
@@ -138,7 +138,7 @@ def test_validation_output_shapes(cases):
 def test_2d_and_dummy_2d_output_shapes(cases):
     p2 = default_augmentation_params((48, 40), 2)
     loader = DataLoader2D(PreprocessedDataset(cases), p2.loader_patch_size, p2.patch_size, 5)
-    out = get_training_transforms(p2, deep_supervision_scales=deep_supervision_scales_for([[2, 2], [2, 2]]))(
+    out = get_training_transforms(p2, deep_supervision_scales=deep_supervision_scales([[2, 2], [2, 2]]))(
         **next(loader))
     assert tuple(out["data"].shape) == (5, 1, 48, 40)
     assert [tuple(t.shape) for t in out["target"]] == [(5, 1, 48, 40), (5, 1, 24, 20)]
@@ -146,7 +146,7 @@ def test_2d_and_dummy_2d_output_shapes(cases):
     pd = default_augmentation_params((12, 48, 40), 3, do_dummy_2D=True)
     assert pd.loader_patch_size[0] == 12
     loader = DataLoader3D(PreprocessedDataset(cases), pd.loader_patch_size, pd.patch_size, 2)
-    out = get_training_transforms(pd, deep_supervision_scales=deep_supervision_scales_for([[1, 2, 2], [2, 2, 2]]))(
+    out = get_training_transforms(pd, deep_supervision_scales=deep_supervision_scales([[1, 2, 2], [2, 2, 2]]))(
         **next(loader))
     assert tuple(out["data"].shape) == (2, 1, 12, 48, 40)
     assert [tuple(t.shape) for t in out["target"]] == [(2, 1, 12, 48, 40), (2, 1, 12, 24, 20)]
@@ -155,7 +155,7 @@ def test_2d_and_dummy_2d_output_shapes(cases):
 
 def test_augmentation_is_deterministic_with_a_seed(cases):
     p = default_augmentation_params(HIPPO_PATCH, 3)
-    tr = get_training_transforms(p, deep_supervision_scales=deep_supervision_scales_for(HIPPO_POOLS))
+    tr = get_training_transforms(p, deep_supervision_scales=deep_supervision_scales(HIPPO_POOLS))
     loader = DataLoader3D(PreprocessedDataset(cases), p.loader_patch_size, HIPPO_PATCH, 3)
 
     def run(seed):
