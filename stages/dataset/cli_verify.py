@@ -1,7 +1,10 @@
 """``python -m stages verify``: check a raw dataset (local folder or S3 prefix) and print every problem.
 
-Verification writes nothing but its optional report (``--report``) and the stage result; it is never skipped,
-since re-reading every file is the point of it.
+Verification writes nothing but its optional report (``--report``) and the stage result. With a report, a clean
+verification is idempotent: the report is the stage's output and its completion marker
+(``_NNKUBE_COMPLETE.verify.<report name>.json`` next to it) records the identities of every file of the dataset,
+so a rerun on an unchanged dataset skips the re-reading; any changed, added or removed file verifies again.
+Without a report there is nowhere to record a verdict, and every run reads every file.
 """
 
 from __future__ import annotations
@@ -37,25 +40,36 @@ def verify(
     from stages.dataset.staging import verify_uri
     from stages.dataset.verify import format_report
     from stages.log import bind_context
-    from stages.stagekit import WriteGuard, protected_prefixes, run_stage
+    from stages.stagekit import WriteGuard, marker_uri, protected_prefixes, run_stage
 
     bind_context(stage="verify", dataset=storage.basename(dataset))
     guard = WriteGuard(protected_prefixes(raw_prefix, [dataset]))
     if report is not None:
         guard.check(report)
 
-    def compute(_out_dir: Path) -> dict:
+    def compute(out_dir: Path) -> dict:
         result = verify_uri(dataset, workers=workers)
-        if report is not None:
-            storage.write_text(report, result.to_json())
         sys.stdout.write(format_report(result) + "\n")
         sys.stdout.flush()
         if not result.ok:
+            if report is not None:  # the report of a failed check is written too, but vouched for by no marker
+                storage.write_text(report, result.to_json())
             raise DatasetError(
                 f"dataset {dataset} failed verification: {len(result.problems)} problems in "
                 f"{len(result.cases_with_problems)} cases (listed above)"
             )
+        if report is not None:
+            (out_dir / storage.basename(report)).write_text(result.to_json())
         return {"dataset": dataset, "ok": True, "num_files_checked": result.num_files_checked, "report": report}
 
-    # no outputs: nothing to skip, and the digest covers the parameters only (verify reads the files anyway)
-    run_stage("verify", {"dataset": dataset}, [], None, compute, result_json, guard=guard)
+    if report is None:  # no outputs: nothing to skip, and the digest covers the parameters only
+        run_stage("verify", {"dataset": dataset}, [], None, compute, result_json, guard=guard)
+        return
+    folder = storage.parent(report)
+    name = storage.basename(report)
+    result = run_stage(
+        "verify", {"dataset": dataset, "report": name}, [dataset.rstrip("/") + "/"], folder, compute, result_json,
+        marker=marker_uri(folder, f"verify.{name.removesuffix('.json')}"), guard=guard,
+    )
+    if result.status == "skipped":
+        sys.stdout.write(f"verify {dataset}: unchanged since the clean verification in {report} (skipped)\n")
