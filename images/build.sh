@@ -47,13 +47,19 @@ if [ "$BASE_IMAGE" = "$DEFAULT_BASE" ] && ! podman image exists "$BASE_IMAGE"; t
     "$IMAGES_DIR/make-base.sh" --image "$BASE_IMAGE"
 fi
 
+# One build at a time on this machine: builds share the staged wheelhouse (a second one waits here).
+mkdir -p "$IMAGES_DIR/.cache"
+exec 9>"$IMAGES_DIR/.cache/build.lock"
+flock 9
+
 # --- wheelhouse: kept per target in images/.cache/ (reused by later builds), staged in images/.wheelhouse/ ---
 CACHE="$IMAGES_DIR/.cache/wheels-$TARGET"
 STAGE="$IMAGES_DIR/.wheelhouse"
 mkdir -p "$CACHE"
 rm -f "$CACHE"/nnkube-*.whl
 log "building the wheelhouse with $PYTHON ($TORCH_SPEC)"
-"$PYTHON" -m pip wheel -qq --no-deps --wheel-dir "$CACHE" "$REPO_ROOT"
+# A fixed SOURCE_DATE_EPOCH makes the wheel reproducible, so unchanged sources reuse the cached image layer.
+SOURCE_DATE_EPOCH=315532800 "$PYTHON" -m pip wheel -qq --no-deps --wheel-dir "$CACHE" "$REPO_ROOT"
 project_wheel="$(ls "$CACHE"/nnkube-*.whl)"
 # Every dependency as a wheel (sdists are built here), plus pip itself, which the Dockerfile runs from its wheel.
 # Resolved again only when the dependencies, the torch spec or the interpreter change.
@@ -70,7 +76,7 @@ if [ "$TARGET" = gpu ] && ls "$CACHE"/torch-*+cpu-*.whl >/dev/null 2>&1; then
     die "the gpu wheelhouse got a CPU torch wheel; point pip at the CUDA build (--torch-spec / PIP_* settings)"
 fi
 [ ${#torch_wheels[@]} -eq 1 ] || die "several torch wheels in $CACHE: ${torch_wheels[*]}; remove the stale ones"
-: rm -rf "$STAGE"
+rm -rf "$STAGE"
 mkdir -p "$STAGE"
 ln "$CACHE"/*.whl "$STAGE"/ 2>/dev/null || cp "$CACHE"/*.whl "$STAGE"/
 PY_VERSION="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
@@ -85,7 +91,9 @@ podman build --quiet --file "$IMAGES_DIR/Dockerfile" --target "$TARGET" \
     --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg PYTHON_VERSION="$PY_VERSION" \
     --build-arg DEPS_STAMP="$DEPS_STAMP" --build-arg PROJECT_STAMP="$PROJECT_STAMP" \
     --tag "$TAG" "$REPO_ROOT" >/dev/null
-: rm -rf "$STAGE"
+rm -rf "$STAGE"
+# Earlier builds of this image, now untagged (the cached intermediate layers are kept).
+podman image prune --force --filter "label=org.opencontainers.image.title=nnkube stages" >/dev/null
 size=$(podman image inspect --format '{{.Size}}' "$TAG")
 log "built $TAG in $(( $(date +%s) - start )) s: $(( size / 1000000 )) MB"
 echo "$TAG"

@@ -25,8 +25,10 @@ def demo_steps(dataset: str, root: str, epochs: int, iterations: int, train: boo
     pre = f"{root}/preprocessed/{task}"
     model = f"{root}/results/nnUNet/3d_fullres/{task}/nnUNetTrainerV2__nnUNetPlansv2.1"
     steps = [
-        Step("convert", "convert", ["--input", dataset, "--output", raw]),
-        Step("verify", "verify", ["--dataset", raw_task]),
+        # --overwrite: a rerun on a changed MSD input replaces the task this pipeline converted before
+        Step("convert", "convert", ["--input", dataset, "--output", raw, "--overwrite"]),
+        # with a report, verification is skipped while the converted task is unchanged
+        Step("verify", "verify", ["--dataset", raw_task, "--report", f"{root}/reports/verify_{task}.json"]),
         Step("fingerprint", "fingerprint", ["--dataset", raw_task, "--output", f"{pre}/dataset_fingerprint.json"]),
         Step("plan", "plan", ["--fingerprint", f"{pre}/dataset_fingerprint.json", "--output", pre]),
         Step("preprocess", "preprocess", ["--dataset", raw_task, "--plans", f"{pre}/nnUNetPlansv2.1_plans_3D.json",

@@ -24,6 +24,7 @@ from stages.errors import BadInputError
 from stages.imageio import strip_image_suffix
 from stages.log import bind_context
 from stages.plan.models import Plans
+from stages.preprocess.models import CaseProperties
 from stages.preprocess.preprocessor import preprocess_dataset
 from stages.resources import default_workers
 from stages.stagekit import WriteGuard, marker_uri, protected_prefixes, run_stage, scratch_dir
@@ -85,6 +86,24 @@ def _download_files(uri: str, files: list[str], task_dir: Path) -> None:
     run_parallel([lambda s=s, d=d: storage.download_file(s, d) for s, d in pairs], 8, None, "download dataset")
 
 
+def record_source_uris(stage_dir: Path, local_task: Path, dataset: str) -> None:
+    """Make the case properties name the raw files by their URIs below ``dataset``, not by the scratch copy read.
+
+    Otherwise every run on S3 would record another temporary folder, and a shard's outputs would differ from
+    one run to the next although nothing changed.
+    """
+    def to_uri(path: str | None) -> str | None:
+        if path is None or not Path(path).is_relative_to(local_task):
+            return path
+        return storage.join(dataset, Path(path).relative_to(local_task).as_posix())
+
+    for path in sorted(stage_dir.glob("*.json")):
+        props = CaseProperties.load(path)
+        props.list_of_data_files = [to_uri(f) for f in props.list_of_data_files]
+        props.seg_file = to_uri(props.seg_file)
+        props.save(path)
+
+
 @app.command()
 def main(
     dataset: str = typer.Option(..., "--dataset", help="Raw dataset: local folder or s3:// prefix holding "
@@ -117,6 +136,8 @@ def main(
             if storage.is_s3(dataset):
                 _download_files(dataset, files, task_dir)
             done = preprocess_dataset(task_dir, the_plans, [stage], out_dir, workers, case_ids=ids)
+            if storage.is_s3(dataset):
+                record_source_uris(out_dir / folder, task_dir, dataset)
         return {
             "configuration": configuration.value,
             "stage": stage,

@@ -3,7 +3,9 @@
 nnU-Net v1 writes ``model_*.model`` with a pickled ``.model.pkl`` companion; nnkube keeps the file names but
 stores only tensors in the ``.model`` file and everything else (epoch, curves, EMA, trainer name) in
 ``<name>.model.json`` (:class:`TrainingState`). Both are written atomically (temporary file, then rename), the
-sidecar last, so a checkpoint whose sidecar exists is complete.
+sidecar last, so a checkpoint whose sidecar exists is complete. The state is also embedded in the ``.model``
+file (as JSON text) and that copy is the one loaded: a process killed between replacing an existing
+``.model`` and rewriting its sidecar would otherwise pair new weights with the previous epoch's state.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def save_checkpoint(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob: dict[str, Any] = {"network": network.state_dict()}
+    blob: dict[str, Any] = {"network": network.state_dict(), "state": state.to_json(indent=None)}
     if optimizer is not None:
         blob["optimizer"] = optimizer.state_dict()
     if grad_scaler is not None:
@@ -103,11 +105,19 @@ def sidecar(path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[dict, TrainingState]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: never unpickles objects)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: never unpickles objects).
+
+    The state embedded in the ``.model`` file wins over the sidecar (which older checkpoints need).
+    """
     path = Path(path)
-    if not path.is_file() or not sidecar(path).is_file():
-        raise BadInputError(f"{path}: checkpoint or its sidecar {sidecar(path).name} is missing")
+    if not path.is_file():
+        raise BadInputError(f"{path}: checkpoint is missing")
     blob = torch.load(path, map_location=map_location, weights_only=True)
+    embedded = blob.pop("state", None)
+    if isinstance(embedded, str):
+        return blob, TrainingState.from_json(embedded, source=str(path))
+    if not sidecar(path).is_file():
+        raise BadInputError(f"{path}: checkpoint sidecar {sidecar(path).name} is missing")
     return blob, TrainingState.load(sidecar(path))
 
 

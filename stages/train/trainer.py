@@ -224,8 +224,11 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
             config=self.config.model_dump(),
         )
         if self.dist.enabled:
+            # find_unused_parameters: the coarsest deep-supervision head has loss weight 0, so its parameters
+            # get no gradient, which DDP otherwise rejects
             self.ddp_network = torch.nn.parallel.DistributedDataParallel(
-                self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
             )
         else:
             self.ddp_network = self.network

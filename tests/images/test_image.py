@@ -74,9 +74,12 @@ def cpu_image(request) -> str:
     assert build.returncode == 0, f"images/build.sh failed:\n{build.stdout}\n{build.stderr[-6000:]}"
     assert build.stdout.strip().splitlines()[-1] == TAG
     size = int(podman("image", "inspect", "--format", "{{.Size}}", TAG).stdout)
+    message = f"[images] built {TAG} in {seconds:.0f} s; image size {size / 1e6:.0f} MB"
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\n[images] built {TAG} in {seconds:.0f} s; image size {size / 1e6:.0f} MB")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("\n" + message)
     return TAG
 
 

@@ -35,6 +35,7 @@ def test_train_writes_the_seed_layout(trained_3d, tiny_task):
     blob = torch.load(fold / FINAL, map_location="cpu", weights_only=True)
     assert blob["network"] and all(isinstance(v, torch.Tensor) for v in blob["network"].values())
     state = TrainingState.load(sidecar(fold / FINAL))
+    assert TrainingState.from_json(blob["state"]) == state  # the sidecar repeats the state inside the file
     assert (state.trainer, state.configuration, state.fold, state.task) == ("nnUNetTrainerV2", "3d_fullres", "0",
                                                                            TASK)
     assert state.finished and state.epoch == state.max_epochs == 2 and state.iterations_per_epoch == 3
