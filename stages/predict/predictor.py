@@ -47,6 +47,8 @@ PLANS_JSON = "plans.json"
 CASCADE_CONFIGURATION = "3d_cascade_fullres"
 #: ``postprocessing`` argument of :func:`predict_cases`: the trainer folder's rules if present.
 AUTO = "auto"
+#: Hidden subfolder of the output folder holding raw predictions until they are postprocessed.
+UNPROCESSED_DIR = ".nnkube-unprocessed"
 
 
 @dataclass
@@ -290,13 +292,28 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         raise
 
 
-def _apply_postprocessing(rules_file: Path, segmentations: list[Path], output_dir: Path) -> None:
+def _postprocess_into(rules_file: Path, staging: Path, output_dir: Path, names: list[str]) -> list[Path]:
+    """Postprocess the segmentations ``staging/<name>`` into ``output_dir`` (sidecars moved along).
+
+    A segmentation reaches ``output_dir`` only postprocessed, so a run interrupted before this step leaves no
+    unprocessed output that a rerun would skip as done.
+    """
     rules: PostprocessingRules = load_rules(rules_file)
     _copy_atomic(rules_file, output_dir / POSTPROCESSING_JSON)
-    for seg in segmentations:
-        postprocess_file(seg, seg, rules)
-    log.info("postprocessed %d prediction(s) with %s (for_which_classes %s)", len(segmentations), rules_file,
+    written = []
+    for name in names:
+        seg = staging / name
+        for side in sidecar_paths(seg):
+            if side.is_file():
+                os.replace(side, output_dir / side.name)
+                written.append(output_dir / side.name)
+        postprocess_file(seg, output_dir / name, rules)
+        seg.unlink()
+        written.append(output_dir / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    log.info("postprocessed %d prediction(s) with %s (for_which_classes %s)", len(names), rules_file,
              rules.for_which_classes)
+    return written
 
 
 def predict_cases(
@@ -360,6 +377,9 @@ def predict_cases(
     axes = () if disable_tta else mirror_axes_for(model.dimension)
     job = PreprocessJob(model.preprocess_params, model.num_classes)
     export = export_settings(model.plans)
+    # with postprocessing, raw predictions are staged in a hidden subfolder and postprocessed into place
+    staging = output_dir / UNPROCESSED_DIR if rules_file is not None and todo else output_dir
+    staging.mkdir(exist_ok=True)
     stream = iter_preprocessed(todo, job, num_threads_preprocessing)
     with ExportPool(num_threads_nifti_save) as pool, contextlib.closing(stream):
         for i, (case, data, props) in enumerate(stream):
@@ -369,13 +389,12 @@ def predict_cases(
             t0 = time.monotonic()
             probs = predict_preprocessed(model.networks, data, model.stage_plan, model.dimension, model.num_classes,
                                          axes, step_size, model.device, model.amp)
-            pool.submit(probs, props, output_dir / case.output_name(), model.plans.transpose_backward, save_npz,
+            pool.submit(probs, props, staging / case.output_name(), model.plans.transpose_backward, save_npz,
                         **export)
             log.info("predicted %d/%d: %s %s in %.1f s", i + 1, len(todo), case.case_id, tuple(data.shape[1:]),
                      time.monotonic() - t0)
         files = pool.wait()
-    segmentations = [output_dir / c.output_name() for c in todo]
-    if rules_file is not None and segmentations:
-        _apply_postprocessing(rules_file, segmentations, output_dir)
+    if staging != output_dir:
+        files = _postprocess_into(rules_file, staging, output_dir, [c.output_name() for c in todo])
     return PredictionResult(output_dir, [c.case_id for c in todo], skipped, files,
                             rules_file, round(time.monotonic() - start, 3))

@@ -189,8 +189,11 @@ def test_trainer_postprocessing_is_applied_and_copied(lowres_model, tmp_path, ca
     assert not (tmp_path / "raw" / POSTPROCESSING_JSON).exists()
     rules = PostprocessingRules(for_which_classes=[[1, 2], 1])
     rules.save(folder / POSTPROCESSING_JSON)
-    done = predict_cases(model, inputs, tmp_path / "pp", disable_tta=True, **SERIAL)
+    done = predict_cases(model, inputs, tmp_path / "pp", disable_tta=True, save_npz=True, **SERIAL)
     assert done.postprocessing == folder / POSTPROCESSING_JSON
+    assert sorted(p.name for p in (tmp_path / "pp").iterdir()) == [POSTPROCESSING_JSON, "pp_0.json", "pp_0.nii.gz",
+                                                                   "pp_0.npz"]  # nothing left in a staging folder
+    assert sorted(done.files) == sorted(tmp_path / "pp" / n for n in ("pp_0.json", "pp_0.nii.gz", "pp_0.npz"))
     assert (tmp_path / "pp" / POSTPROCESSING_JSON).read_text() == (folder / POSTPROCESSING_JSON).read_text()
     labels_raw, img = read_labels(tmp_path / "raw" / "pp_0.nii.gz")
     labels_pp, _ = read_labels(tmp_path / "pp" / "pp_0.nii.gz")

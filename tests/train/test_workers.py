@@ -8,8 +8,9 @@ import torch
 
 from stages import resources
 from stages.errors import DatasetError
-from stages.train.augmentation import deep_supervision_scales_for, default_augmentation_params, get_training_transforms
+from stages.train.augmentation import default_augmentation_params, get_training_transforms
 from stages.train.data import DataLoader3D, PreprocessedDataset
+from stages.train.loss import deep_supervision_scales
 from stages.train.workers import (
     AugmentationWorkerDiedError,
     AugmentationWorkerError,
@@ -27,7 +28,7 @@ def pipeline(tmp_path):
     write_cases(tmp_path, 4, shape=(18, 22, 20))
     p = default_augmentation_params(PATCH, 3)
     loader = DataLoader3D(PreprocessedDataset(tmp_path), p.loader_patch_size, PATCH, 2)
-    tr = get_training_transforms(p, deep_supervision_scales=deep_supervision_scales_for([[2, 2, 2], [2, 2, 2]]))
+    tr = get_training_transforms(p, deep_supervision_scales=deep_supervision_scales([[2, 2, 2], [2, 2, 2]]))
     return tmp_path, loader, tr
 
 
