@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
         --tag) TAG="$2"; shift 2 ;;
         --torch-spec) TORCH_SPEC="$2"; shift 2 ;;
         --python) PYTHON="$2"; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done

@@ -25,3 +25,6 @@ ensure_container_tools() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${CONTAINER_PACKAGES[@]}" >/dev/null
 }
+
+# Print the calling script's header comment (its usage).
+usage() { awk 'NR == 1 {next} /^#/ {sub(/^# ?/, ""); print; next} {exit}' "$0"; }

@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
         --suite) SUITE="$2"; shift 2 ;;
         --mirror) MIRROR="$2"; shift 2 ;;
         --force) FORCE=1; shift ;;
-        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done

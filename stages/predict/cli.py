@@ -92,8 +92,8 @@ def predict(
     output: str = typer.Option(..., "--output", help="Folder or s3:// prefix receiving <case>.nii.gz."),
     folds: str | None = typer.Option(None, "--folds", help="Folds to average, e.g. 0,1,2,3,4 or all (default: "
                                      "every fold_* folder of the model)."),
-    part_id: int = typer.Option(0, "--part-id", min=0, help="This shard's index: predicts sorted(cases)"
-                                "[part_id::num_parts]."),
+    part_id: int = typer.Option(0, "--part-id", min=0, help="This shard's index: it predicts every num_parts-th "
+                                "case of the sorted case list, starting at part_id."),
     num_parts: int = typer.Option(1, "--num-parts", min=1, help="Number of shards the cases are split into."),
     save_npz: bool = typer.Option(False, "--save-npz", help="Also write <case>.npz (float16 softmax on the input "
                                   "grid) and <case>.json, needed for ensembling."),
@@ -134,11 +134,12 @@ def predict(
     uris = [storage.join(model, n) for n in files] + [u for c in mine for u in all_cases[c]]
     low_files: dict[str, str] = {}
     low_model_files: list[str] = []
+    low_folds: list[str] = []
     if lowres_segmentations is not None:
         low_files = _lowres_files(lowres_segmentations, mine)
         uris += [storage.join(lowres_segmentations, n) for n in low_files.values()]
     elif lowres_model is not None:
-        low_model_files, _ = model_files(lowres_model, fold_names, checkpoint)
+        low_model_files, low_folds = model_files(lowres_model, fold_list, checkpoint)
         uris += [storage.join(lowres_model, n) for n in low_model_files]
     params = {"folds": fold_names, "part_id": part_id, "num_parts": num_parts, "save_npz": save_npz,
               "disable_tta": disable_tta, "step_size": step_size, "checkpoint": checkpoint,
@@ -159,7 +160,7 @@ def predict(
             if loaded.is_cascade:
                 low_segs = _fetch(lowres_segmentations, list(low_files.values()), work / "lowres") if low_files \
                     else None
-                low = load_model(_fetch(lowres_model, low_model_files, work / "lowres_model"), fold_names,
+                low = load_model(_fetch(lowres_model, low_model_files, work / "lowres_model"), low_folds,
                                  checkpoint) if low_model_files else None
                 if low_segs is None and low is None:
                     raise BadInputError(f"{model}: a 3d_cascade_fullres model needs --lowres-segmentations or "

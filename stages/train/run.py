@@ -86,4 +86,8 @@ def train_fold(
         return None
     from stages.train.validation import validate_fold
 
-    return validate_fold(trainer, save_npz=save_npz)
+    summary = validate_fold(trainer, save_npz=save_npz)
+    from stages.predict.cascade import after_lowres_validation
+
+    after_lowres_validation(trainer)  # 3d_lowres: predict the next stage's input for the fold's cases
+    return summary

@@ -424,6 +424,7 @@ class nnUNetTrainerV2:  # noqa: N801 - the name users select it by
 
 def get_trainer_class(name: str) -> type[nnUNetTrainerV2]:
     """Trainer class by name (built-in variants and any imported user subclass)."""
+    import stages.train.cascade  # noqa: F401  (registers nnUNetTrainerV2CascadeFullRes)
     import stages.train.variants  # noqa: F401  (registers the built-in variants)
 
     try:

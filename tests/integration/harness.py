@@ -112,7 +112,7 @@ class StageRunner:
 def pipeline_steps(dataset: str, root: str) -> list[Step]:
     """The demo pipeline for ``dataset`` under ``root``, preprocessing in :data:`SHARDS` shards, tiny training."""
     steps: list[Step] = []
-    for step in demo_steps(dataset, root, EPOCHS, ITERATIONS)[: -1 if os.environ.get("XX_NOPRED") else None]:  # XXTMP
+    for step in demo_steps(dataset, root, EPOCHS, ITERATIONS):
         if step.step == "preprocess":
             steps += [Step(f"preprocess_{i}", step.step, [*step.args, "--shard", f"{i}/{SHARDS}"])
                       for i in range(SHARDS)]

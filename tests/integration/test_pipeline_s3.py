@@ -127,6 +127,7 @@ def test_s3_pipeline_matches_the_local_one(pipelines: Pipelines):
     # predictions: same labels, same geometry as the input images
     predicted = sorted(p.name for p in (local / "predictions" / TASK).glob("*.nii.gz"))
     assert predicted == [f"test_{i:03d}.nii.gz" for i in range(NUM_TEST)]
+    assert sorted(p.name for p in (s3 / "predictions" / TASK).glob("*.nii.gz")) == predicted
     for name in predicted:
         (a, geo_a), (b, geo_b) = (read_image(root / "predictions" / TASK / name) for root in (s3, local))
         _, geo_in = read_image(pipelines.msd / "imagesTs" / name)
@@ -258,3 +259,8 @@ def test_malformed_dataset_exits_bad_input_naming_the_case_and_writes_nothing(s3
         assert run.result is None
         assert list_objects(client, bucket) == before, f"{step.name} wrote to the bucket"
     assert bad_file in run.stderr  # the fingerprint's message names the file, too
+    # asked for a report, verify writes it also for a failed check (for people to read), but no marker
+    report = f"reports/verify_{how.replace(' ', '_')}.json"
+    run = runner.run(Step("verify", "verify", ["--dataset", dataset, "--report", f"s3://{bucket}/{report}"]), "report")
+    assert run.returncode == 2, run.describe()
+    assert set(list_objects(client, bucket)) == set(before) | {report}

@@ -1,10 +1,10 @@
 """A tiny task with trained models for the prediction tests (shared by the whole session).
 
-Four synthetic 20^3 cases, planned with a planner whose patches are 8^3 (one pooling step): the median image
+Four synthetic 20^3 cases, planned with a 3D planner whose patches are 8^3 (one pooling step): the median image
 then holds more than four patches, so the plans have a 3d_lowres stage (13^3 at 1.58 mm) before 3d_fullres and
-the cascade can be exercised on CPU in seconds. ``splits_final.json`` has two folds of two cases. Trainings are
-one epoch of two iterations, batch 2, augmentation in-process (the networks are barely trained: the tests check
-mechanics, not accuracy).
+the cascade can be exercised on CPU in seconds. The 2D plans are nnU-Net's own (20x20 patches).
+``splits_final.json`` has two folds of two cases. Trainings are one epoch of two iterations, batch 2,
+augmentation in-process (the networks are barely trained: the tests check mechanics, not accuracy).
 """
 
 from __future__ import annotations
@@ -83,13 +83,14 @@ def tiny_task(tmp_path_factory) -> TinyTask:
     cases = make_cases(4, shape=(20, 20, 20))
     raw = write_nnunet_task(root / "raw" / TASK, cases)
     pre = root / "preprocessed" / TASK
-    result = plan_and_preprocess(raw, pre, TinyPredictPlanner3D.__name__, None, num_processes_lowres=1,
-                                 num_processes_fullres=1)
+    result = plan_and_preprocess(raw, pre, TinyPredictPlanner3D.__name__, "ExperimentPlanner2D_v21",
+                                 num_processes_lowres=1, num_processes_fullres=1)
     plans = result.plans_3d
     assert plans is not None and plans.has_cascade, "the tiny task must plan a 3d_lowres stage"
-    for stage in plans.plans_per_stage.values():
-        stage.batch_size = 2
-    plans.save(pre / plans_filename("3D"))
+    for p in (plans, result.plans_2d):
+        for stage in p.plans_per_stage.values():
+            stage.batch_size = 2
+        p.save(pre / plans_filename(p.dimension))
     ids = sorted(c.case_id for c in cases)
     folds = [(ids[2:], ids[:2]), (ids[:2], ids[2:])]
     Splits(splits=[Split(train=t, val=v) for t, v in folds]).save(pre / SPLITS_FILENAME)
@@ -148,6 +149,13 @@ def lowres_model(tiny_task) -> LowresModel:
     fullres = tiny_task.preprocessed / tiny_task.plans.stage_folder(1)
     predict_next_stage(folder, 1, fullres, use_mirroring=False)
     return LowresModel(folder, trainer0, written0)
+
+
+@pytest.fixture(scope="session")
+def model_2d(tiny_task) -> Path:
+    """The 2d configuration, fold 0 (validated with TTA)."""
+    train(tiny_task, "2d", 0)
+    return tiny_task.trainer_folder("2d")
 
 
 @pytest.fixture(scope="session")

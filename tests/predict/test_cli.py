@@ -52,8 +52,8 @@ def test_nnunet_predict_errors_exit_2_with_a_clear_message(tiny_task, lowres_mod
     assert "case t_1: missing t_1_0000.nii.gz" in capsys.readouterr().err
     assert compat_predict.main([*base, "-t", "77", "-m", "3d_lowres"]) == 2
     assert "no task with id 77" in capsys.readouterr().err
-    assert compat_predict.main([*base, "-t", TASK, "-m", "2d"]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert compat_predict.main([*base, "-t", TASK, "-m", "3d_lowres", "-tr", "nnUNetTrainerV2_never"]) == 2
+    assert "nnUNetTrainerV2_never__nnUNetPlansv2.1: model (trainer) folder not found" in capsys.readouterr().err
     assert compat_predict.main([*base, "-t", TASK, "-m", "3d_lowres", "-f", "7"]) == 2
     assert "fold_7" in capsys.readouterr().err
     monkeypatch.delenv("RESULTS_FOLDER")
@@ -122,6 +122,11 @@ def test_stage_reads_and_writes_s3(lowres_model, cascade_model, tmp_path, s3_buc
     assert _stage(cascade, f"{s3_bucket}/in", f"{s3_bucket}/cascade_out", "--lowres-segmentations", out) == 0
     seg = sitk.GetArrayFromImage(load_from_s3(f"{s3_bucket}/cascade_out/t_0.nii.gz", tmp_path / "c.nii.gz"))
     assert set(np.unique(seg)) <= {0, 1, 2}
+    # --lowres-model: 3d_lowres runs first (into <output>/3d_lowres_predictions), same result as above
+    assert _stage(cascade, f"{s3_bucket}/in", f"{s3_bucket}/cascade2", "--lowres-model", model) == 0
+    assert storage.exists(f"{s3_bucket}/cascade2/{LOWRES_PREDICTIONS}/t_1.nii.gz")
+    seg2 = sitk.GetArrayFromImage(load_from_s3(f"{s3_bucket}/cascade2/t_0.nii.gz", tmp_path / "c2.nii.gz"))
+    assert np.array_equal(seg, seg2)
 
 
 def load_from_s3(uri: str, local) -> sitk.Image:

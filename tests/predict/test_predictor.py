@@ -84,19 +84,34 @@ def test_outputs_keep_the_input_geometry_with_and_without_tta(model, tmp_path):
     assert np.abs(probs["tta"] - probs["plain"]).max() > 1e-3  # the mirrored passes changed the result
 
 
-def test_training_case_prediction_equals_its_validation_export(lowres_model, tiny_task, tmp_path):
+@pytest.mark.parametrize("configuration", ["3d_lowres", "2d"])
+def test_training_case_prediction_equals_its_validation_export(configuration, tiny_task, request, tmp_path):
+    folder = request.getfixturevalue("lowres_model").folder if configuration == "3d_lowres" else \
+        request.getfixturevalue("model_2d")
     case_id = tiny_task.folds[0][1][0]
     inputs = tmp_path / "in"
     inputs.mkdir()
     shutil.copy(tiny_task.raw / "imagesTr" / f"{case_id}_0000.nii.gz", inputs)
-    fold0 = load_model(lowres_model.folder, folds=[0], device="cpu")
+    fold0 = load_model(folder, folds=[0], device="cpu")
+    assert fold0.configuration == configuration
     predict_cases(fold0, inputs, tmp_path / "out", postprocessing=None, **SERIAL)
-    validation = lowres_model.folder / "fold_0" / "validation_raw" / f"{case_id}.nii.gz"
+    validation = folder / "fold_0" / "validation_raw" / f"{case_id}.nii.gz"
     ours, ours_img = read_labels(tmp_path / "out" / f"{case_id}.nii.gz")
     theirs, theirs_img = read_labels(validation)
     assert np.array_equal(ours, theirs)
     assert_same_geometry(ours_img, theirs_img)
     assert (tmp_path / "out" / f"{case_id}.nii.gz").read_bytes() == validation.read_bytes()
+
+
+def test_2d_model_keeps_the_input_geometry(model_2d, tmp_path):
+    model = load_model(model_2d, device="cpu")
+    assert model.dimension == "2d" and model.preprocess_params.is_2d
+    inputs = write_input_folder(tmp_path / "in", [odd_geometry_case("odd_2d")])
+    predict_cases(model, inputs, tmp_path / "out", save_npz=True, postprocessing=None, **SERIAL)
+    labels, img = read_labels(tmp_path / "out" / "odd_2d.nii.gz")
+    assert_same_geometry(img, sitk.ReadImage(str(inputs / "odd_2d_0000.nii.gz")))
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    assert load_softmax(tmp_path / "out" / "odd_2d.npz").shape == (3, *labels.shape)
 
 
 def test_missing_modality_is_named_and_extra_files_are_warned(model, tmp_path):
