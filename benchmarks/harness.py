@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
 import os
@@ -247,8 +248,12 @@ def _reap_orphans() -> tuple[float, int]:
 
 
 def run_measured(cmd: Sequence[str], env: Mapping[str, str] | None = None, log_path: Path | None = None,
-                 cwd: Path | None = None) -> Measurement:
+                 cwd: Path | None = None, timestamps: bool = False) -> Measurement:
     """Run ``cmd`` to completion and measure its process tree; output goes to ``log_path`` (or is dropped).
+
+    With ``timestamps`` every output line is written as ``<seconds since start> <line>`` (see
+    :func:`timestamped_lines`), so that a benchmark can tell when a phase began; set ``PYTHONUNBUFFERED=1`` in
+    ``env`` so that a Python command's prints are not held back in its buffers.
 
     Raises:
         RuntimeError: the command exited non-zero (the message carries the end of its output).
@@ -257,16 +262,23 @@ def run_measured(cmd: Sequence[str], env: Mapping[str, str] | None = None, log_p
         log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
     _become_subreaper()
+    stamper: threading.Thread | None = None
     try:
         sampler = _TreeMemorySampler()
         started = time.perf_counter()
         proc = subprocess.Popen(list(cmd), env=dict(env) if env is not None else None, cwd=cwd,
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=subprocess.PIPE if timestamps else out, stderr=subprocess.STDOUT)
+        if timestamps:
+            stamper = threading.Thread(target=_copy_stamped, args=(proc.stdout, out, started), daemon=True)
+            stamper.start()
         sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         orphan_cpu, orphan_maxrss_kb = _reap_orphans()
         sampler.stop()
+        if stamper is not None:
+            stamper.join()
+            proc.stdout.close()  # type: ignore[union-attr]
         proc.returncode = os.waitstatus_to_exitcode(status)
     finally:
         if log_path is not None:
@@ -277,6 +289,72 @@ def run_measured(cmd: Sequence[str], env: Mapping[str, str] | None = None, log_p
     return Measurement(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime + orphan_cpu,
                        max_proc_rss_mb=max(usage.ru_maxrss, orphan_maxrss_kb) / 1024,
                        peak_tree_mb=sampler.peak_kb / 1024, returncode=proc.returncode)
+
+
+def _copy_stamped(stream: Any, out: Any, started: float) -> None:
+    """Copy ``stream`` line by line to ``out`` (a binary file or DEVNULL), each line prefixed with its time."""
+    for line in iter(stream.readline, b""):
+        if out is not subprocess.DEVNULL:
+            out.write(f"{time.perf_counter() - started:.3f} ".encode() + line)
+            out.flush()
+
+
+def timestamped_lines(log_path: Path) -> list[tuple[float, str]]:
+    """``(seconds since the command started, line)`` for each line of a log written with ``timestamps``."""
+    lines = []
+    for raw in log_path.read_text(errors="replace").splitlines():
+        stamp, _, text = raw.partition(" ")
+        try:
+            lines.append((float(stamp), text))
+        except ValueError:  # a line without a stamp (cannot happen unless the log was written otherwise)
+            lines.append((float("nan"), raw))
+    return lines
+
+
+def result_line(log_path: Path, prefix: str = "RESULT ") -> dict[str, Any]:
+    """The JSON object of the last ``RESULT {json}`` line of a log (timestamped or not).
+
+    Raises:
+        RuntimeError: the log has no such line.
+    """
+    for line in reversed(log_path.read_text(errors="replace").splitlines()):
+        at = line.find(prefix)
+        if at >= 0:
+            return json.loads(line[at + len(prefix):])
+    raise RuntimeError(f"{log_path}: no {prefix.strip()} line")
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: nnkube's own rule (affinity and cgroup quota), else the affinity mask."""
+    try:
+        from stages.resources import available_cpus as nnkube_available_cpus
+    except ImportError:
+        return len(os.sched_getaffinity(0))
+    return nnkube_available_cpus()
+
+
+def side_env(base: Mapping[str, str], **overrides: str | int | Path) -> dict[str, str]:
+    """Copy of ``base`` with ``overrides`` (stringified) and ``PYTHONUNBUFFERED=1`` for timely log lines."""
+    env = dict(base)
+    env.update({key: str(value) for key, value in overrides.items()})
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def side_name(text: str) -> str:
+    """A side given on the command line: ``nnkube`` or ``v2`` (or the full name ``nnU-Net v2``)."""
+    names = {"nnkube": OURS_NAME, "ours": OURS_NAME, "v2": V2_NAME, V2_NAME.lower(): V2_NAME}
+    try:
+        return names[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"unknown side {text!r}: use nnkube or v2") from None
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``, or None when either is missing or the denominator is 0."""
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
 
 
 def reset_dir(path: Path) -> None:

@@ -11,8 +11,17 @@ them). Subcommands:
   iterations after ``--warmup`` untimed ones, then time ``--loader-batches`` batches drawn from the training data
   loader alone; prints one JSON object (seconds/iteration, loader batches/s, batch and patch size).
   ``--save-checkpoint`` keeps ``checkpoint_final.pth`` so that ``predict`` has a model to run.
+* ``train -d 4 -c 3d_fullres -f 0 --epochs 10 --iterations 50``: a whole (short) training run,
+  ``nnUNetTrainer`` with ``num_epochs`` / ``num_iterations_per_epoch`` overridden, then its final validation
+  (``perform_actual_validation``, as ``nnUNetv2_train`` does); prints ``RESULT {json}`` with the foreground mean
+  Dice of ``fold_<f>/validation/summary.json``.
 * ``predict -d 4 -c 3d_fullres -f 0 -i IN -o OUT``: ``nnUNetPredictor`` from that checkpoint (sliding window,
-  Gaussian, step 0.5, mirroring unless ``--disable-tta``).
+  Gaussian, step 0.5, mirroring unless ``--disable-tta``). Prints ``PHASE load ...`` once the model is loaded and
+  ``CASE_SECONDS <s>`` after each case's network pass (sliding window + mirroring), for the benchmark's
+  per-case figures.
+
+``--threads N`` sets torch's intra-op threads (default: the CPUs this process may use, as ``nnUNetv2_train`` and
+``nnUNetv2_predict`` do on the CPU with ``multiprocessing.cpu_count()``).
 
 The torchvision trap, and the patch: on these machines torch is the CPU wheel 2.13.0 while PyPI's torchvision
 (pulled in through ``timm``, a dependency of ``dynamic_network_architectures``) is built for another torch and
@@ -86,6 +95,14 @@ def plan_and_preprocess(dataset_id: int, num_processes: int, configurations: lis
                            verbose=False, show_progress_bar=False)
 
 
+def _set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (None: the CPUs in this process's affinity mask); return the count."""
+    import torch
+
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    return torch.get_num_threads()
+
+
 def _make_trainer(dataset_id: int, configuration: str, fold: int, device_name: str) -> Any:
     import torch
     from batchgenerators.utilities.file_and_folder_operations import join, load_json
@@ -106,6 +123,8 @@ def train_iterations(dataset_id: int, configuration: str, fold: int, iterations:
     """Time ``iterations`` training steps and the training data loader alone; return the figures."""
     import torch
 
+    if warmup + iterations < 1:
+        raise SystemExit("train_iterations: --warmup + --iterations must be at least 1")
     trainer = _make_trainer(dataset_id, configuration, fold, device_name)
     trainer.disable_checkpointing = not save_checkpoint
     started = time.perf_counter()
@@ -149,6 +168,47 @@ def train_iterations(dataset_id: int, configuration: str, fold: int, iterations:
     }
 
 
+def train(dataset_id: int, configuration: str, fold: int, epochs: int, iterations: int, val_iterations: int,
+          device_name: str) -> dict[str, Any]:
+    """Train a fold for ``epochs`` x ``iterations``, run its final validation; return Dice and timings."""
+    from batchgenerators.utilities.file_and_folder_operations import join, load_json
+
+    trainer = _make_trainer(dataset_id, configuration, fold, device_name)
+    trainer.num_epochs = epochs
+    trainer.num_iterations_per_epoch = iterations
+    trainer.num_val_iterations_per_epoch = val_iterations
+    started = time.perf_counter()
+    with _phase("train"):
+        trainer.run_training()
+    train_s = time.perf_counter() - started
+    with _phase("validation"):
+        trainer.perform_actual_validation(save_probabilities=False)
+    summary = load_json(join(trainer.output_folder, "validation", "summary.json"))
+    return {
+        "epochs": epochs,
+        "iterations_per_epoch": iterations,
+        "val_iterations": val_iterations,
+        "train_s": train_s,
+        "validation_s": time.perf_counter() - started - train_s,
+        "foreground_mean_dice": summary["foreground_mean"]["Dice"],
+        "dice_per_label": {label: values["Dice"] for label, values in summary["mean"].items()},
+        "summary": join(trainer.output_folder, "validation", "summary.json"),
+    }
+
+
+def _time_cases(predictor: Any) -> None:
+    """Wrap the predictor's per-case network pass so that it prints ``CASE_SECONDS <s>`` after each case."""
+    inner = predictor.predict_logits_from_preprocessed_data
+
+    def timed(data: Any) -> Any:
+        started = time.perf_counter()
+        out = inner(data)
+        print(f"CASE_SECONDS {time.perf_counter() - started:.4f}", flush=True)
+        return out
+
+    predictor.predict_logits_from_preprocessed_data = timed
+
+
 def predict(dataset_id: int, configuration: str, fold: int, input_dir: str, output_dir: str,
             num_processes: int, step_size: float, disable_tta: bool, device_name: str) -> None:
     """Predict every ``*_0000`` image in ``input_dir`` with the fold's ``checkpoint_final.pth``."""
@@ -163,7 +223,10 @@ def predict(dataset_id: int, configuration: str, fold: int, input_dir: str, outp
     predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=not disable_tta,
                                 perform_everything_on_device=device_name.startswith("cuda"),
                                 device=torch.device(device_name), allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(model_dir, use_folds=(fold,))
+    with _phase("load"):
+        predictor.initialize_from_trained_model_folder(model_dir, use_folds=(fold,))
+    _time_cases(predictor)
+    print(f"THREADS {torch.get_num_threads()}", flush=True)
     predictor.predict_from_files(input_dir, output_dir, save_probabilities=False, overwrite=True,
                                  num_processes_preprocessing=num_processes,
                                  num_processes_segmentation_export=num_processes)
@@ -175,6 +238,10 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("-d", "--dataset-id", type=int, required=True, help="nnU-Net v2 dataset id, e.g. 4")
+
+    def threads(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--threads", type=int, default=None,
+                       help="torch intra-op threads (default: the CPUs this process may use)")
 
     pp = sub.add_parser("plan_and_preprocess", help="fingerprint + plan + preprocess")
     common(pp)
@@ -190,6 +257,17 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--loader-batches", type=int, default=20, help="batches drawn to time the data loader")
     tr.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     tr.add_argument("--save-checkpoint", action="store_true", help="keep checkpoint_final.pth for predict")
+    threads(tr)
+
+    fr = sub.add_parser("train", help="a whole short training run and its final validation")
+    common(fr)
+    fr.add_argument("-c", "--configuration", default="3d_fullres", help="configuration to train")
+    fr.add_argument("-f", "--fold", type=int, default=0, help="cross-validation fold")
+    fr.add_argument("--epochs", type=int, default=10, help="num_epochs of the trainer")
+    fr.add_argument("--iterations", type=int, default=50, help="num_iterations_per_epoch of the trainer")
+    fr.add_argument("--val-iterations", type=int, default=50, help="num_val_iterations_per_epoch of the trainer")
+    fr.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    threads(fr)
 
     pr = sub.add_parser("predict", help="predict a folder with a fold's checkpoint_final.pth")
     common(pr)
@@ -201,17 +279,24 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--step-size", type=float, default=0.5, help="sliding-window step (fraction of patch)")
     pr.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
     pr.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    threads(pr)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _check_env()
+    if args.command != "plan_and_preprocess" and args.device == "cpu":
+        _set_threads(args.threads)
     if args.command == "plan_and_preprocess":
         plan_and_preprocess(args.dataset_id, args.num_processes, args.configurations)
     elif args.command == "train_iterations":
         result = train_iterations(args.dataset_id, args.configuration, args.fold, args.iterations, args.warmup,
                                   args.loader_batches, args.device, args.save_checkpoint)
+        print("RESULT " + json.dumps(result), flush=True)
+    elif args.command == "train":
+        result = train(args.dataset_id, args.configuration, args.fold, args.epochs, args.iterations,
+                       args.val_iterations, args.device)
         print("RESULT " + json.dumps(result), flush=True)
     else:
         predict(args.dataset_id, args.configuration, args.fold, args.input, args.output, args.num_processes,

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from stages.errors import BadInputError, SchemaVersionError
+from stages.fsutil import atomic_path
 
 D = TypeVar("D", bound="Document")
 
@@ -43,8 +43,18 @@ class Document(BaseModel):
         return self.model_dump_json(indent=indent)
 
     @classmethod
+    def upgrade_legacy(cls, raw: Any) -> Any:
+        """Hook: turn another accepted form of this document (parsed JSON) into the current one.
+
+        :meth:`from_json`, and so :meth:`load`, passes the parsed JSON through it before the schema check. A
+        subclass that also reads, e.g., nnU-Net's own file (no ``schema_version``) returns that as a dict of the
+        current schema; anything it does not recognize it returns unchanged, as this default does.
+        """
+        return raw
+
+    @classmethod
     def from_json(cls: type[D], text: str | bytes, source: str = "<memory>") -> D:
-        """Parse JSON text, checking the schema version first.
+        """Parse JSON text (through :meth:`upgrade_legacy`), checking the schema version first.
 
         Args:
             text: JSON text.
@@ -54,6 +64,7 @@ class Document(BaseModel):
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
             raise BadInputError(f"{source}: not valid JSON for a {cls.KIND} ({exc})") from exc
+        raw = cls.upgrade_legacy(raw)
         if not isinstance(raw, dict):
             raise BadInputError(f"{source}: a {cls.KIND} must be a JSON object")
         version = raw.get("schema_version")
@@ -70,11 +81,8 @@ class Document(BaseModel):
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically to a local path (temporary file, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.to_json())
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".json") as tmp:
+            tmp.write_text(self.to_json())
         return path
 
     @classmethod
@@ -89,11 +97,8 @@ class Document(BaseModel):
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
     """Write plain JSON (for formats fixed by nnU-Net, e.g. summary.json) atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
+    with atomic_path(path, suffix=".json") as tmp, open(tmp, "w") as fh:
         json.dump(obj, fh, indent=indent, default=_json_default)
-    os.replace(tmp, path)
     return path
 
 

@@ -9,7 +9,6 @@ MetaImage (``.mha``, ``.mhd``).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import SimpleITK as sitk
 from pydantic import BaseModel, ConfigDict
 
 from stages.errors import BadInputError
+from stages.fsutil import atomic_path
 
 SUPPORTED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -148,12 +148,5 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike, 
 def write_sitk(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
     """Write a SimpleITK image atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=image_suffix(path.name), dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, useCompression=compress)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=image_suffix(path.name)) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)

@@ -22,11 +22,13 @@ def demo(
     epochs: int = typer.Option(1, "--epochs", help="Training epochs of the demo's fold-0 training."),
     iterations: int = typer.Option(10, "--iterations", help="Training iterations per epoch."),
     no_train: bool = typer.Option(False, "--no-train", help="Stop after preprocessing."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Mirroring test-time augmentation when predicting "
+                             "imagesTs (8x slower on a CPU; off by default for a quick demo)."),
 ) -> None:
     """Run the whole pipeline locally (convert, verify, fingerprint, plan, preprocess, train, predict)."""
     from nnkube.demo import run_demo
 
-    folder = run_demo(dataset, workdir, epochs, iterations, train=not no_train)
+    folder = run_demo(dataset, workdir, epochs, iterations, train=not no_train, tta=tta)
     typer.echo(f"demo finished; step results in {folder}")
 
 

@@ -14,8 +14,18 @@ from nnkube.local import Step, run_pipeline
 log = logging.getLogger(__name__)
 
 
-def demo_steps(dataset: str, root: str, epochs: int, iterations: int, train: bool = True) -> list[Step]:
-    """The demo pipeline's steps for an MSD task folder ``dataset`` with storage root ``root`` (path or URI)."""
+def demo_steps(dataset: str, root: str, epochs: int, iterations: int, train: bool = True, tta: bool = False
+               ) -> list[Step]:
+    """The demo pipeline's steps for an MSD task folder ``dataset`` with storage root ``root`` (path or URI).
+
+    Args:
+        dataset: MSD task folder or prefix (``TaskXX_Name``).
+        root: Storage root (local folder or ``s3://`` prefix) receiving every stage's outputs.
+        epochs: Training epochs of fold 0.
+        iterations: Training iterations per epoch (validation batches per epoch: the same, at most 50).
+        train: Include training and prediction.
+        tta: Mirroring test-time augmentation when predicting imagesTs (8x slower on a CPU).
+    """
     task_msd = Path(dataset.rstrip("/")).name
     raw = f"{root}/raw"
     # TaskXX_Name -> TaskXXX_Name, as nnUNet_convert_decathlon_task names it
@@ -37,18 +47,21 @@ def demo_steps(dataset: str, root: str, epochs: int, iterations: int, train: boo
     if train:
         steps += [
             Step("train", "train", ["--preprocessed", pre, "--output", model, "--configuration", "3d_fullres",
-                                    "--fold", "0", "--epochs", str(epochs), "--iterations", str(iterations)]),
+                                    "--fold", "0", "--epochs", str(epochs), "--iterations", str(iterations),
+                                    "--val-iterations", str(min(iterations, 50))]),
             Step("predict", "predict", ["--model", model, "--input", f"{raw_task}/imagesTs", "--folds", "0",
-                                        "--output", f"{root}/predictions/{task}"]),
+                                        "--output", f"{root}/predictions/{task}", *([] if tta else ["--disable-tta"])]),
         ]
     return steps
 
 
-def run_demo(dataset: str, workdir: str, epochs: int = 1, iterations: int = 10, train: bool = True) -> Path:
+def run_demo(dataset: str, workdir: str, epochs: int = 1, iterations: int = 10, train: bool = True,
+             tta: bool = False) -> Path:
     """Run the demo pipeline; returns the folder of per-step result JSONs."""
     work = Path(workdir).resolve()
     results = work / "step_results"
-    runs = run_pipeline(demo_steps(str(Path(dataset).resolve()), str(work), epochs, iterations, train), results)
+    steps = demo_steps(str(Path(dataset).resolve()), str(work), epochs, iterations, train, tta)
+    runs = run_pipeline(steps, results)
     for r in runs:
         status = (r.result or {}).get("status", "done")
         log.info("%-12s %-8s %6.1f s", r.step.name, status, r.seconds)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -20,14 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from stages.errors import BadInputError
+from stages.fsutil import copy_atomic
 from stages.imageio import write_image
 from stages.postprocess.connected_components import apply_postprocessing_to_folder
 from stages.postprocess.models import POSTPROCESSING_JSON, load_rules
+from stages.predict.export import SOFTMAX_KEY, save_softmax
 from stages.preprocess.models import CaseProperties
 
 log = logging.getLogger(__name__)
 
-SOFTMAX_KEY = "softmax"
 NOT_POSTPROCESSED = "not_postprocessed"
 
 
@@ -51,19 +50,6 @@ def load_softmax(path: Path) -> np.ndarray:
             return data[SOFTMAX_KEY].astype(np.float32)
     except (OSError, ValueError) as exc:
         raise BadInputError(f"{path}: cannot read the probabilities ({exc})") from exc
-
-
-def save_softmax(probabilities: np.ndarray, path: Path) -> None:
-    """Write ``<case>.npz`` with key ``softmax`` as float16, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, **{SOFTMAX_KEY: probabilities.astype(np.float16)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def merge_case(job: MergeJob) -> Path:
@@ -94,7 +80,7 @@ def merge_case(job: MergeJob) -> Path:
     write_image(np.argmax(mean, axis=0).astype(np.uint8), props.geometry, job.output_file)
     if job.npz_output is not None:
         save_softmax(mean, job.npz_output)
-        shutil.copyfile(job.properties_file, job.npz_output.with_suffix(".json"))
+        copy_atomic(job.properties_file, job.npz_output.with_suffix(".json"))
     return job.output_file
 
 
@@ -167,7 +153,6 @@ def ensemble_folders(
     run_jobs(jobs, num_processes)
     if rules is not None:
         apply_postprocessing_to_folder(raw_dir, out_dir, rules, num_processes)
-        if Path(postprocessing_json).resolve() != (out_dir / POSTPROCESSING_JSON).resolve():
-            shutil.copyfile(postprocessing_json, out_dir / POSTPROCESSING_JSON)
+        copy_atomic(postprocessing_json, out_dir / POSTPROCESSING_JSON)
     log.info("ensembled %d case(s) from %d folders into %s", len(cases), len(dirs), out_dir)
     return cases

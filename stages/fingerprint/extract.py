@@ -14,9 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +26,9 @@ from stages.errors import DatasetError, NnkubeError
 from stages.fingerprint.models import FOREGROUND_SAMPLING_STEP, CaseFingerprint, Fingerprint
 from stages.plan.models import IntensityStats
 from stages.preprocess.cropping import load_and_crop_case
+from stages.workers import map_cases
 
 log = logging.getLogger(__name__)
-
-
-class WorkerDiedError(NnkubeError):
-    """A worker process ended abruptly (killed by the OS, e.g. out of memory)."""
 
 
 @dataclass(frozen=True)
@@ -129,42 +123,17 @@ def analyze_case(case: CaseFiles, step: int = FOREGROUND_SAMPLING_STEP) -> tuple
     return fp, samples
 
 
-def _run_cases(cases: list[CaseFiles], num_processes: int, step: int) -> Iterator[tuple[str, object]]:
-    """Yield ``(case_id, result or exception)`` as cases finish; a dead worker raises :class:`WorkerDiedError`."""
-    if num_processes <= 1:
-        for case in cases:
-            try:
-                result: object = analyze_case(case, step)
-            except NnkubeError as exc:
-                result = exc
-            except Exception as exc:
-                raise RuntimeError(f"case {case.case_id}: fingerprint extraction failed: {exc}") from exc
-            yield case.case_id, result
-        return
-    with ProcessPoolExecutor(max_workers=num_processes) as pool:
-        pending: dict[Future, str] = {pool.submit(analyze_case, c, step): c.case_id for c in cases}
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    case_id = pending.pop(fut)
-                    exc = fut.exception()
-                    if isinstance(exc, BrokenProcessPool):
-                        pending[fut] = case_id
-                        raise exc
-                    if exc is not None and not isinstance(exc, NnkubeError):
-                        raise RuntimeError(f"case {case_id}: fingerprint extraction failed: {exc}") from exc
-                    yield case_id, exc if exc is not None else fut.result()
-        except BrokenProcessPool as exc:
-            unfinished = sorted(pending.values())
-            raise WorkerDiedError(
-                f"a fingerprint worker process died (killed by the OS, e.g. out of memory?) with "
-                f"{len(unfinished)} case(s) unfinished: {', '.join(unfinished)}; retry with fewer "
-                f"--num-processes or more memory"
-            ) from exc
-        finally:
-            for fut in pending:
-                fut.cancel()
+def _analyze(case_id: str, case: CaseFiles, step: int) -> tuple[CaseFingerprint, list[np.ndarray]] | NnkubeError:
+    """:func:`analyze_case` in this process or a worker, returning a case's own error instead of raising it.
+
+    An :class:`NnkubeError` (e.g. an unreadable file) is returned so that one run names every failing case.
+    """
+    try:
+        return analyze_case(case, step)
+    except NnkubeError as exc:
+        return exc
+    except Exception as exc:
+        raise RuntimeError(f"case {case_id}: fingerprint extraction failed: {exc}") from exc
 
 
 def extract_fingerprint(task_dir: str | Path, num_processes: int = 1,
@@ -186,15 +155,14 @@ def extract_fingerprint(task_dir: str | Path, num_processes: int = 1,
     cases = find_case_files(task_dir, dataset)
     workers = max(1, min(int(num_processes), len(cases)))
     log.info("fingerprinting %d cases of %s with %d process(es)", len(cases), task_dir, workers)
-    results: dict[str, tuple[CaseFingerprint, list[np.ndarray]]] = {}
-    failures: dict[str, str] = {}
-    with tqdm(total=len(cases), desc="fingerprint", unit="case", disable=None) as bar:
-        for case_id, result in _run_cases(cases, workers, step):
-            if isinstance(result, Exception):
-                failures[case_id] = str(result)
-            else:
-                results[case_id] = result
-            bar.update(1)
+    items = [(c.case_id, (c, step)) for c in cases]
+    if workers == 1:
+        results = {case_id: _analyze(case_id, *args)
+                   for case_id, args in tqdm(items, desc="fingerprint", unit="case", disable=None)}
+    else:
+        results = map_cases(_analyze, items, workers, desc="fingerprint",
+                            hint="use fewer --num-processes or more memory")
+    failures = {case_id: str(result) for case_id, result in results.items() if isinstance(result, Exception)}
     if failures:
         lines = "\n  ".join(f"{cid}: {msg}" for cid, msg in sorted(failures.items()))
         raise DatasetError(f"{task_dir}: {len(failures)} case(s) could not be read:\n  {lines}")

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from stages.errors import BadInputError
 from stages.evaluate.evaluator import evaluate_folder
+from stages.fsutil import copy_atomic
 from stages.imageio import read_image, strip_image_suffix
 from stages.paths import fold_dir
 from stages.postprocess.connected_components import image_files
@@ -73,17 +73,6 @@ def infer_labels(trainer_dir: str | os.PathLike, folds: Sequence[int | str], gt_
     return sorted(values)
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=dst.name, dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def collect_cv_predictions(
     trainer_dir: str | os.PathLike, gt_folder: str | os.PathLike, folds: Sequence[int | str]
 ) -> Path:
@@ -111,7 +100,7 @@ def collect_cv_predictions(
         shutil.rmtree(out)
     out.mkdir(parents=True)
     for f in predictions.values():
-        _copy_atomic(f, out / f.name)
+        copy_atomic(f, out / f.name)
     return out
 
 

@@ -7,16 +7,13 @@ read with :func:`load_rules`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 from pydantic import Field
 
 from stages.documents import Document
-from stages.errors import BadInputError
 
 # One entry of ``for_which_classes``: a single class, or several classes treated as one region.
 ClassSpec = Union[int, list[int]]  # noqa: UP007 - pydantic needs a runtime union object here
@@ -52,6 +49,14 @@ class PostprocessingRules(Document):
     validation_raw: str = ""
     validation_final: str = ""
 
+    @classmethod
+    def upgrade_legacy(cls, raw: Any) -> Any:
+        """nnU-Net v1's own file (no ``schema_version``): keep the keys we model and take it as version 1."""
+        if isinstance(raw, dict) and "schema_version" not in raw and "for_which_classes" in raw:
+            raw = {k: v for k, v in raw.items() if k in cls.model_fields}
+            raw["schema_version"] = cls.SCHEMA_VERSION
+        return raw
+
     def min_size_for(self, spec: ClassSpec) -> float | None:
         """The minimum valid object volume of one rule entry, or None (remove all but the largest)."""
         if not isinstance(self.min_valid_object_sizes, dict):
@@ -76,17 +81,4 @@ def load_rules(path: str | os.PathLike) -> PostprocessingRules:
     Raises:
         BadInputError: The file is missing, not JSON, or not a postprocessing rule set.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"{path}: postprocessing rules not found")
-    text = path.read_text()
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"{path}: not valid JSON for postprocessing rules ({exc})") from exc
-    if isinstance(raw, dict) and "schema_version" not in raw and "for_which_classes" in raw:
-        known = set(PostprocessingRules.model_fields)  # nnU-Net v1's own file: keep the keys we model
-        raw = {k: v for k, v in raw.items() if k in known}
-        raw["schema_version"] = PostprocessingRules.SCHEMA_VERSION
-        text = json.dumps(raw)
-    return PostprocessingRules.from_json(text, source=str(path))
+    return PostprocessingRules.load(path)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import numpy as np
 from stages.errors import BadInputError, DatasetError
 from stages.imageio import read_image
 from stages.preprocess.models import CaseProperties, properties_file
-from stages.preprocess.preprocessor import PreprocessParams
+from stages.preprocess.preprocessor import PreprocessParams, save_npy_atomic
 from stages.preprocess.resampling import resample_data_or_seg, resize_segmentation
 from stages.train.data import prev_stage_file
 
@@ -97,17 +96,6 @@ def prev_stage_input(seg_file: str | os.PathLike, props: CaseProperties, params:
     return onehot_foreground(seg, num_classes)
 
 
-def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _validation_cases_of(fold: int | str, preprocessed_dir: Path, data_folder: Path) -> list[str]:
     from stages.train.splits import SPLITS_FILENAME, fold_cases, read_splits
 
@@ -172,7 +160,7 @@ def predict_next_stage(
         probs = resample_data_or_seg(probs, target, False, None, order=1, do_separate_z=False, order_z=0)
         seg = np.argmax(probs, axis=0).astype(np.uint8 if model.num_classes <= 256 else np.int16)
         path = out / prev_stage_file(case_id)
-        _save_npy_atomic(path, seg)
+        save_npy_atomic(path, seg)
         written.append(path)
         log.info("next stage %d/%d: %s %s -> %s", i + 1, len(val_keys), case_id, tuple(data.shape[1:]),
                  tuple(seg.shape))

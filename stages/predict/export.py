@@ -18,7 +18,6 @@ nothing is pickled.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import tempfile
 from collections import deque
@@ -28,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.fsutil import atomic_path
 from stages.imageio import strip_image_suffix, write_image
 from stages.preprocess.models import CaseProperties
 from stages.preprocess.revert import TransposeSource, paste_into_original, revert_probabilities
 from stages.resources import default_workers
+from stages.workers import pool_context
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 #: pipe (nnU-Net v1 does the same above ~2 GB; a pipe copies the array twice).
 INLINE_LIMIT_BYTES = 256 * 2**20
 EXPORT_WORKERS_ENV = "NNKUBE_EXPORT_WORKERS"
+#: The key of the probabilities in ``<case>.npz``.
+SOFTMAX_KEY = "softmax"
 
 
 def probabilities_to_segmentation(
@@ -86,15 +89,10 @@ def sidecar_paths(out_file: str | os.PathLike) -> tuple[Path, Path]:
     return out_file.with_name(f"{stem}.npz"), out_file.with_name(f"{stem}.json")
 
 
-def _save_npz_atomic(path: Path, softmax: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, softmax=softmax)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def save_softmax(probabilities: np.ndarray, path: str | os.PathLike) -> None:
+    """Write ``<case>.npz`` (key ``softmax``, float16) atomically, by the convention above."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **{SOFTMAX_KEY: np.asarray(probabilities, dtype=np.float16)})
 
 
 def export_prediction(
@@ -134,7 +132,7 @@ def export_prediction(
     written = [out_file]
     if save_npz:
         npz_file, json_file = sidecar_paths(out_file)
-        _save_npz_atomic(npz_file, softmax_for_export(cropped, props))
+        save_softmax(softmax_for_export(cropped, props), npz_file)
         props.model_copy(update={"class_locations": {}}).save(json_file)
         written += [npz_file, json_file]
     return written
@@ -143,7 +141,7 @@ def export_prediction(
 def load_softmax(npz_file: str | os.PathLike) -> np.ndarray:
     """The ``softmax`` array of an exported ``<case>.npz`` (float16, full original grid)."""
     with np.load(npz_file) as npz:
-        return npz["softmax"]
+        return npz[SOFTMAX_KEY]
 
 
 @dataclass
@@ -166,12 +164,6 @@ def _run_job(job: _Job) -> list[Path]:
     finally:
         if job.delete_probs_file:
             Path(job.probs).unlink(missing_ok=True)
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    # never fork a process that runs torch (its thread pools do not survive a fork)
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 class ExportPool:
@@ -198,7 +190,7 @@ class ExportPool:
         self._pending: deque[Future] = deque()
         self._written: list[Path] = []
         self._temp_files: list[str] = []
-        self._executor = (ProcessPoolExecutor(self.workers, mp_context=_pool_context())
+        self._executor = (ProcessPoolExecutor(self.workers, mp_context=pool_context())
                           if self.workers > 0 else None)
 
     def submit(

@@ -8,7 +8,7 @@ only warned about. The sorted case list is sharded ``[part_id::num_parts]``.
 Preprocessing (spec §4.6, :func:`~stages.preprocess.preprocessor.preprocess_case` without a label) runs in
 background worker processes that stay a bounded number of cases ahead of the consumer, so the network
 predicts one case while the next ones are read, cropped, resampled and normalized. A worker killed by the
-operating system (e.g. out of memory) ends the run with :class:`~stages.preprocess.workers.WorkerDiedError`
+operating system (e.g. out of memory) ends the run with :class:`~stages.workers.WorkerDiedError`
 naming the case. This module does not import torch, so the worker processes stay light.
 """
 
@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,8 @@ from stages.imageio import has_image_suffix, image_suffix
 from stages.listcases.models import split_cases
 from stages.preprocess.models import CaseProperties
 from stages.preprocess.preprocessor import PreprocessParams, preprocess_case
-from stages.preprocess.workers import CRASH_CASE_ENV, WorkerDiedError, _context, _init_worker, _run_marked
 from stages.resources import default_workers
+from stages.workers import CasePool
 
 log = logging.getLogger(__name__)
 
@@ -255,9 +254,7 @@ def iter_preprocessed(
             data, props = preprocess_input_case(case, job)
             yield case, data, props
         return
-    marker_dir = tempfile.mkdtemp(prefix=".inflight-", dir=job.scratch_dir)
-    executor = ProcessPoolExecutor(workers, mp_context=_context([__name__]), initializer=_init_worker)
-    crash_case = os.environ.get(CRASH_CASE_ENV) or None
+    pool = CasePool(workers, [__name__], job.scratch_dir)
     pending: deque[tuple[InputCase, Future]] = deque()
     todo = iter(cases)
 
@@ -266,8 +263,7 @@ def iter_preprocessed(
             case = next(todo, None)
             if case is None:
                 return
-            fut = executor.submit(_run_marked, _worker, case.case_id, (case, job), marker_dir, crash_case)
-            pending.append((case, fut))
+            pending.append((case, pool.submit(_worker, case.case_id, (case, job))))
 
     try:
         refill()
@@ -276,22 +272,18 @@ def iter_preprocessed(
             try:
                 (payload, props), _rss = fut.result()
             except BrokenProcessPool as exc:
-                executor.shutdown(wait=True, cancel_futures=True)
-                running = sorted(p.name for p in Path(marker_dir).iterdir())
+                pool.shutdown()
                 in_flight = [case.case_id] + [c.case_id for c, _ in pending]
-                what = ", ".join(running) or (in_flight[0] if len(in_flight) == 1 else f"one of {', '.join(in_flight)}")
-                raise WorkerDiedError(
-                    f"preprocessing for prediction: a worker process died abruptly while preprocessing case "
-                    f"{what} (killed by the operating system, most often for running out of memory); use fewer "
-                    f"preprocessing processes (--num_threads_preprocessing) or more memory"
-                ) from exc
+                raise pool.died("preprocessing for prediction", in_flight, in_flight + [c.case_id for c in todo],
+                                "use fewer preprocessing processes (--num_threads_preprocessing) or more memory"
+                                ) from exc
             refill()  # keep the workers busy while the consumer predicts this case
             yield case, _materialize(payload), props
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown()
         for _case, fut in pending:  # results nobody consumed: drop their temporary files
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 leftover = fut.result()[0][0]
                 if isinstance(leftover, str):
                     Path(leftover).unlink(missing_ok=True)
-        shutil.rmtree(marker_dir, ignore_errors=True)
+        pool.close()

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from stages.errors import BadInputError
+from stages.fsutil import copy_atomic
 from stages.plan.models import Plans, StagePlan
 from stages.postprocess.connected_components import postprocess_file
 from stages.postprocess.models import POSTPROCESSING_JSON, PostprocessingRules, load_rules
@@ -279,19 +279,6 @@ def _outputs_exist(case: InputCase, output_dir: Path, save_npz: bool) -> bool:
     return seg.is_file() and (not save_npz or sidecar_paths(seg)[0].is_file())
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    if src.resolve() == dst.resolve():
-        return
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _postprocess_into(rules_file: Path, staging: Path, output_dir: Path, names: list[str]) -> list[Path]:
     """Postprocess the segmentations ``staging/<name>`` into ``output_dir`` (sidecars moved along).
 
@@ -299,7 +286,7 @@ def _postprocess_into(rules_file: Path, staging: Path, output_dir: Path, names: 
     unprocessed output that a rerun would skip as done.
     """
     rules: PostprocessingRules = load_rules(rules_file)
-    _copy_atomic(rules_file, output_dir / POSTPROCESSING_JSON)
+    copy_atomic(rules_file, output_dir / POSTPROCESSING_JSON)
     written = []
     for name in names:
         seg = staging / name

@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from stages.dataset.layout import IMAGES_TR, image_file_names, suffix_of_entry
 from stages.dataset.models import DatasetJson, case_id_from_entry, load_dataset_json, unsafe_case_id_reason
 from stages.errors import BadInputError, DatasetError
+from stages.fsutil import atomic_path, copy_atomic
 from stages.imageio import strip_image_suffix
 from stages.plan.models import IntensityStats, Plans
 from stages.preprocess.class_locations import sample_class_locations
@@ -31,7 +30,7 @@ from stages.preprocess.cropping import load_and_crop_case
 from stages.preprocess.models import CaseProperties, data_file, properties_file, seg_file
 from stages.preprocess.normalization import normalize
 from stages.preprocess.resampling import RESAMPLING_SEPARATE_Z_ANISO_THRESHOLD, resample_patient
-from stages.preprocess.workers import map_cases
+from stages.workers import map_cases
 
 log = logging.getLogger(__name__)
 
@@ -153,15 +152,10 @@ def preprocess_case(
     return data, seg_out, props
 
 
-def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def save_npy_atomic(path: str | os.PathLike, arr: np.ndarray) -> None:
+    """Write ``arr`` as a ``.npy`` file atomically (no pickled objects)."""
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, arr, allow_pickle=False)
 
 
 def save_case(out_dir: str | os.PathLike, case_id: str, data: np.ndarray, seg: np.ndarray | None,
@@ -179,9 +173,9 @@ def save_case(out_dir: str | os.PathLike, case_id: str, data: np.ndarray, seg: n
     out.mkdir(parents=True, exist_ok=True)
     # a stale properties file must not vouch for new arrays while they are being replaced
     (out / properties_file(case_id)).unlink(missing_ok=True)
-    _save_npy_atomic(out / data_file(case_id), np.asarray(data, dtype=np.float32))
+    save_npy_atomic(out / data_file(case_id), np.asarray(data, dtype=np.float32))
     if seg is not None:
-        _save_npy_atomic(out / seg_file(case_id), np.asarray(seg, dtype=np.int8))
+        save_npy_atomic(out / seg_file(case_id), np.asarray(seg, dtype=np.int8))
     props.save(out / properties_file(case_id))
 
 
@@ -298,14 +292,7 @@ def copy_ground_truth(cases: dict[str, tuple[list[Path], Path]], output_dir: str
             dst_stat = dest.stat()
             if (dst_stat.st_size, int(dst_stat.st_mtime)) == (src_stat.st_size, int(src_stat.st_mtime)):
                 continue
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=gt)
-        os.close(fd)
-        try:
-            shutil.copy2(label, tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        copy_atomic(label, dest, keep_metadata=True)
     return gt
 
 

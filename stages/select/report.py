@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from stages.fsutil import atomic_path
 from stages.postprocess.staging import format_score
 from stages.select.models import PREDICTION_COMMANDS, SELECTION_JSON, SUMMARY_CSV, Selection
 
@@ -65,11 +64,8 @@ def format_report(selection: Selection) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_outputs(selection: Selection, summaries: dict[str, dict], out_root: Path) -> None:

@@ -11,18 +11,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from stages.fsutil import TMP_PREFIX, atomic_path
 from stages.storage.uri import join
 
-CHUNK = 1024 * 1024
-TMP_PREFIX = ".nnkube-tmp-"
+__all__ = ["CHUNK", "TMP_PREFIX", "Backend", "atomic_write", "sha256_bytes", "sha256_file"]
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+CHUNK = 1024 * 1024
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -44,22 +42,12 @@ def atomic_write(path: str) -> Iterator[BinaryIO]:
     """Open a temporary file next to ``path``; on success it is synced and renamed onto ``path``.
 
     On any exception the temporary file is removed and ``path`` is left as it was, so a reader never sees a
-    half-written file. Parent folders are created as needed.
+    half-written file (see :func:`stages.fsutil.atomic_path`). Parent folders are created as needed.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 class Backend(ABC):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from pydantic import Field
 
 from stages.documents import Document
 from stages.errors import BadInputError
+from stages.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +59,6 @@ class TrainingState(Document):
     config: dict[str, Any] = Field(default_factory=dict, description="The TrainerConfig in force.")
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".model", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     network: torch.nn.Module,
@@ -93,7 +82,8 @@ def save_checkpoint(
         blob["optimizer"] = optimizer.state_dict()
     if grad_scaler is not None:
         blob["grad_scaler"] = grad_scaler.state_dict()
-    _atomic_torch_save(blob, path)
+    with atomic_path(path, suffix=".model") as tmp:
+        torch.save(blob, tmp)
     state.save(sidecar(path))
     log.info("saved checkpoint %s (epoch %d)", path.name, state.epoch)
     return path

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
+from stages.fsutil import atomic_path
 from stages.train.checkpoint import TrainingState
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,11 @@ def plot_progress(state: TrainingState, path: str | os.PathLike) -> None:
     axes[2].set_ylabel("learning rate")
     axes[2].set_xlabel("epoch")
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
 
 
 def report_argo_progress(done: int, total: int) -> None:

@@ -9,13 +9,13 @@ splits draws a random 80:20 partition seeded with ``12345 + fold``.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from stages.documents import Document
 from stages.errors import BadInputError
@@ -41,6 +41,13 @@ class Splits(Document):
     SCHEMA_VERSION = 1
 
     splits: list[Split]
+
+    @classmethod
+    def upgrade_legacy(cls, raw: Any) -> Any:
+        """A plain JSON list of ``{"train": [...], "val": [...]}`` (nnU-Net v2's format) becomes a document."""
+        if isinstance(raw, list):
+            return {"schema_version": cls.SCHEMA_VERSION, "splits": raw}
+        return raw
 
 
 def make_splits(case_ids: Iterable[str], n_splits: int = DEFAULT_N_SPLITS, seed: int = DEFAULT_SEED) -> Splits:
@@ -90,20 +97,7 @@ def read_splits(path: str | os.PathLike) -> Splits:
     Raises:
         BadInputError: The file is missing or is neither format.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"{path}: splits file not found")
-    text = path.read_text()
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"{path}: not valid JSON for a splits file ({exc})") from exc
-    if isinstance(raw, list):
-        try:
-            return Splits(splits=[Split.model_validate(s) for s in raw])
-        except ValidationError as exc:
-            raise BadInputError(f"{path}: invalid splits list: {exc}") from exc
-    return Splits.from_json(text, source=str(path))
+    return Splits.load(path)
 
 
 def load_or_create_splits(

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from stages.errors import DatasetError
-from stages.fingerprint import extract
-from stages.fingerprint.extract import WorkerDiedError, compute_stats, extract_fingerprint, find_case_files
+from stages.fingerprint.extract import compute_stats, extract_fingerprint, find_case_files
+from stages.workers import CRASH_CASE_ENV, WorkerDiedError
 from tests.factories import make_case, make_cases, write_msd_task, write_nnunet_task
 
 
@@ -97,20 +97,10 @@ def test_empty_training_list_is_an_error(tmp_path):
         extract_fingerprint(root)
 
 
-_REAL_ANALYZE = extract.analyze_case
-
-
-def _die_on_second_case(case, step):
-    """Stand-in worker: the process of case_001 exits abruptly, as if killed by the OOM killer."""
-    if case.case_id.endswith("_001"):
-        os._exit(3)
-    return _REAL_ANALYZE(case, step)
-
-
 @pytest.mark.timeout(120)
 def test_dead_worker_is_an_error_not_a_hang(tmp_path, monkeypatch):
-    root, cases = _task(tmp_path, n=4)
-    monkeypatch.setattr(extract, "analyze_case", _die_on_second_case)
+    root, _ = _task(tmp_path, n=4)
+    monkeypatch.setenv(CRASH_CASE_ENV, "case_001")  # its worker exits abruptly, as if OOM-killed
     with pytest.raises(WorkerDiedError) as err:
         extract_fingerprint(root, num_processes=2)
     assert "case_001" in str(err.value) and "unfinished" in str(err.value)

@@ -16,7 +16,7 @@ from stages.postprocess.models import POSTPROCESSING_JSON, PostprocessingRules
 from stages.predict.export import load_softmax
 from stages.predict.inputs import PreprocessJob, group_input_files, iter_preprocessed, list_input_cases, shard_case_ids
 from stages.predict.predictor import load_model, predict_cases
-from stages.preprocess.workers import CRASH_CASE_ENV, WorkerDiedError
+from stages.workers import CRASH_CASE_ENV, WorkerDiedError
 from tests.factories import make_case
 from tests.predict.conftest import odd_geometry_case, read_labels, write_input_folder
 

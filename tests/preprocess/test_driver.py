@@ -17,7 +17,7 @@ from stages.preprocess.preprocessor import (
     load_case,
     preprocess_dataset,
 )
-from stages.preprocess.workers import CRASH_CASE_ENV, WorkerDiedError
+from stages.workers import CRASH_CASE_ENV, WorkerDiedError
 from tests.factories import make_cases, write_msd_task, write_nnunet_task
 from tests.preprocess.conftest import make_plans
 
