@@ -226,7 +226,10 @@ def predict(dataset_id: int, configuration: str, fold: int, input_dir: str, outp
     with _phase("load"):
         predictor.initialize_from_trained_model_folder(model_dir, use_folds=(fold,))
     _time_cases(predictor)
-    print(f"THREADS {torch.get_num_threads()}", flush=True)
+    from nnunetv2.configuration import default_num_processes
+
+    # predict_logits_from_preprocessed_data runs with min(threads, default_num_processes) torch threads
+    print(f"THREADS {min(torch.get_num_threads(), default_num_processes)}", flush=True)
     predictor.predict_from_files(input_dir, output_dir, save_probabilities=False, overwrite=True,
                                  num_processes_preprocessing=num_processes,
                                  num_processes_segmentation_export=num_processes)

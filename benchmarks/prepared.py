@@ -1,19 +1,20 @@
 """Preprocessed Hippocampus for the training and prediction benchmarks: made once (untimed), then reused.
 
-Both sides' data live under ``.bench/data`` (``nnkube/`` and ``v2/``), apart from the preprocessing benchmark's
-folders (which that benchmark wipes before every timed run). Each side is prepared with the same commands the
-preprocessing benchmark times:
+Both sides' data live under ``.bench/data/<dataset>-<hash of its path>/`` (``nnkube/`` and ``v2/``), apart
+from the preprocessing benchmark's folders (which that benchmark wipes before every timed run). Each side is
+prepared with the same commands the preprocessing benchmark times:
 
 * nnkube: ``nnUNet_convert_decathlon_task`` + ``nnUNet_plan_and_preprocess -t 4 -pl2d None``;
 * nnU-Net v2: the v2 raw layout (symlinks) + ``nnunetv2_launcher.py plan_and_preprocess -d 4 -c 3d_fullres``.
 
 A side counts as prepared once its ``.complete`` marker exists (written after the commands succeeded); delete
-``.bench/data/<side>`` to rebuild it. Results (trained models) are not kept here: each benchmark points the
-results folder of each side at its own scratch folder (:func:`with_results`).
+the side's folder to rebuild it. Trained models are not kept here: each benchmark points each side's results
+folder at its own scratch folder (:func:`with_results`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,12 @@ class Prepared:
     task_name: str
 
 
+def data_root(dataset: Path) -> Path:
+    """Folder of the prepared data of ``dataset`` (one per dataset path, so that datasets do not mix)."""
+    digest = hashlib.sha256(str(dataset.resolve()).encode()).hexdigest()[:8]
+    return DATA_DIR / f"{dataset.name}-{digest}"
+
+
 def _task_suffix(dataset: Path) -> str:
     return dataset.name.split("_", 1)[1]
 
@@ -57,12 +64,12 @@ def _mark_complete(root: Path, dataset: Path) -> None:
 
 
 def nnkube_data(dataset: Path, nproc: int, root: Path | None = None) -> Prepared:
-    """nnkube's converted and preprocessed task under ``root`` (default ``.bench/data/nnkube``); made if absent.
+    """nnkube's converted and preprocessed task under ``root`` (default ``<data_root>/nnkube``); made if absent.
 
     Raises:
         RuntimeError: a preparation command failed (its log is under ``root``).
     """
-    root = root or DATA_DIR / "nnkube"
+    root = root or data_root(dataset) / "nnkube"
     task = f"Task{TASK_ID:03d}_{_task_suffix(dataset)}"
     if not _is_complete(root):
         harness.reset_dir(root)
@@ -77,12 +84,12 @@ def nnkube_data(dataset: Path, nproc: int, root: Path | None = None) -> Prepared
 
 
 def v2_data(dataset: Path, nproc: int, root: Path | None = None) -> Prepared:
-    """nnU-Net v2's raw layout and preprocessed task under ``root`` (default ``.bench/data/v2``); made if absent.
+    """nnU-Net v2's raw layout and preprocessed task under ``root`` (default ``<data_root>/v2``); made if absent.
 
     Raises:
         RuntimeError: the preprocessing command failed (its log is under ``root``).
     """
-    root = root or DATA_DIR / "v2"
+    root = root or data_root(dataset) / "v2"
     if not _is_complete(root):
         harness.reset_dir(root)
         env = harness.v2_env(root)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -25,6 +26,20 @@ def hippocampus() -> Path:
     if p is None:
         pytest.skip("Task04_Hippocampus not found (set NNKUBE_HIPPOCAMPUS)")
     return p
+
+
+@pytest.fixture
+def restore_logging():
+    """Undo what ``python -m stages`` (setup_logging, bind_context) does to the process's logging."""
+    from stages import log as stages_log
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    stages_log._CONTEXT.clear()
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    stages_log._CONTEXT.clear()
 
 
 def pytest_collection_modifyitems(config, items):

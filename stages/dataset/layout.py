@@ -25,7 +25,7 @@ _MODALITY_RE = re.compile(r"^(?P<case>.+)_(?P<modality>\d{4})$")
 
 
 def is_hidden(name: str) -> bool:
-    """True for names the layout ignores (dot files such as ``._case.nii.gz`` or ``.tmp-*``)."""
+    """True for names the layout ignores (dot files such as ``._case.nii.gz`` or ``.nnkube-tmp-*``)."""
     return name.startswith(".")
 
 

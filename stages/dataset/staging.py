@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from stages import storage
@@ -25,20 +24,13 @@ from .verify import VerificationReport, verify_dataset
 log = logging.getLogger(__name__)
 
 
-@contextmanager
-def local_folder(uri: str) -> Iterator[Path]:
+def local_folder(uri: str) -> AbstractContextManager[Path]:
     """A local folder holding the content of ``uri``.
 
     A local path (or ``file://`` URI) is used in place; an ``s3://`` prefix is downloaded into a temporary
-    folder named like the prefix's last component, which is removed on exit.
+    folder named like the prefix's last component, which is removed on exit (:func:`stages.storage.local_copy`).
     """
-    if not storage.is_s3(uri):
-        yield Path(storage.to_local_path(uri))
-        return
-    with tempfile.TemporaryDirectory(prefix="nnkube-dataset-") as scratch:
-        folder = Path(scratch) / storage.basename(uri)
-        storage.download_tree(uri, folder)
-        yield folder
+    return storage.local_copy(uri, storage.download_tree, prefix="nnkube-dataset-")
 
 
 def verify_uri(uri: str, workers: int | None = None) -> VerificationReport:

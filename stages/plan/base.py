@@ -37,10 +37,13 @@ class PlanningError(BadInputError):
 class ExperimentPlanner:
     """Base planner: the decisions shared by 2D and 3D planning (spec §3.3, §3.8, §3.10).
 
-    Subclasses set :attr:`dimension` and implement :meth:`plan_stages`.
+    Subclasses set :attr:`dimension` and :attr:`configuration` and implement :meth:`plan_stage`; one that plans
+    more than the stage at the target spacing (the 3D cascade) extends :meth:`plan_stages`.
     """
 
     dimension: ClassVar[Literal["2D", "3D"]]
+    #: The configuration planned at the target spacing ("2d", "3d_fullres").
+    configuration: ClassVar[str]
     plans_identifier: ClassVar[str] = PLANS_IDENTIFIER
     data_identifier: ClassVar[str] = DATA_IDENTIFIER
     preprocessor_name: ClassVar[str] = "GenericPreprocessor"
@@ -88,12 +91,32 @@ class ExperimentPlanner:
         """The memory proxy value a stage may reach (scaled by :attr:`gpu_memory_gb`)."""
         raise NotImplementedError
 
+    def plan_stage(self, current_spacing: np.ndarray, original_spacing: np.ndarray, original_shape: np.ndarray,
+                   num_cases: int, num_modalities: int, num_classes: int) -> StagePlan:
+        """Plan one stage at ``current_spacing``; all arrays in transposed order.
+
+        Args:
+            current_spacing: Spacing of this stage.
+            original_spacing: Spacing ``original_shape`` refers to.
+            original_shape: Median shape of the dataset at ``original_spacing``.
+            num_cases: Number of training cases.
+            num_modalities: Input channels.
+            num_classes: Classes including background.
+        """
+        raise NotImplementedError
+
     def plan_stages(
         self, target_spacing: np.ndarray, median_shape: np.ndarray, transpose_forward: list[int],
         num_cases: int, num_modalities: int, num_classes: int,
     ) -> list[StagePlan]:
-        """Plan the stages (low to high resolution) from spacing and median shape in array order."""
-        raise NotImplementedError
+        """Plan the stages (low to high resolution) from spacing and median shape in array order.
+
+        This base plans the one stage of :attr:`configuration` at the target spacing.
+        """
+        target_t = np.array(target_spacing)[transpose_forward]
+        median_t = np.array(median_shape)[transpose_forward]
+        log.info("generating configuration for %s", self.configuration)
+        return [self.plan_stage(target_t, target_t, median_t, num_cases, num_modalities, num_classes)]
 
     # ---- shared building blocks --------------------------------------------------------------------------
     def topology(self, spacing: np.ndarray, patch: np.ndarray) -> Topology:

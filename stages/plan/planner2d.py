@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import ClassVar
 
 import numpy as np
@@ -16,8 +15,6 @@ from stages.plan.base import (
 )
 from stages.plan.models import DATA_IDENTIFIER, StagePlan
 
-log = logging.getLogger(__name__)
-
 
 class ExperimentPlanner2D_v21(ExperimentPlanner):  # noqa: N801  (nnU-Net name)
     """nnU-Net's default 2D planner (``ExperimentPlanner2D_v21``).
@@ -27,6 +24,7 @@ class ExperimentPlanner2D_v21(ExperimentPlanner):  # noqa: N801  (nnU-Net name)
     """
 
     dimension = "2D"
+    configuration = "2d"
     data_identifier = f"{DATA_IDENTIFIER}_2D"
     preprocessor_name = "PreprocessorFor2D"
     max_num_features = 512
@@ -59,13 +57,3 @@ class ExperimentPlanner2D_v21(ExperimentPlanner):  # noqa: N801  (nnU-Net name)
         cap = self.batch_cap(median_here, num_cases, topo.patch_size)
         batch_size = max(1, min(batch_size, cap))
         return self.make_stage(batch_size, topo, median_here, current_spacing, original_spacing, False)
-
-    def plan_stages(
-        self, target_spacing: np.ndarray, median_shape: np.ndarray, transpose_forward: list[int],
-        num_cases: int, num_modalities: int, num_classes: int,
-    ) -> list[StagePlan]:
-        """The single 2D stage."""
-        target_t = np.array(target_spacing)[transpose_forward]
-        median_t = np.array(median_shape)[transpose_forward]
-        log.info("generating configuration for 2d")
-        return [self.plan_stage(target_t, target_t, median_t, num_cases, num_modalities, num_classes)]

@@ -27,6 +27,7 @@ class ExperimentPlanner3D_v21(ExperimentPlanner):  # noqa: N801  (nnU-Net name)
     """nnU-Net's default 3D planner (``ExperimentPlanner3D_v21``)."""
 
     dimension = "3D"
+    configuration = "3d_fullres"
     preprocessor_name = "GenericPreprocessor"
     max_num_features = 320
     anisotropy_threshold: ClassVar[float] = 3
@@ -62,16 +63,7 @@ class ExperimentPlanner3D_v21(ExperimentPlanner):  # noqa: N801  (nnU-Net name)
 
     def plan_stage(self, current_spacing: np.ndarray, original_spacing: np.ndarray, original_shape: np.ndarray,
                    num_cases: int, num_modalities: int, num_classes: int) -> StagePlan:
-        """One 3D stage at ``current_spacing`` (spec §3.6); all arrays in transposed order.
-
-        Args:
-            current_spacing: Spacing of this stage.
-            original_spacing: Spacing ``original_shape`` refers to.
-            original_shape: Median shape of the dataset at ``original_spacing``.
-            num_cases: Number of training cases.
-            num_modalities: Input channels.
-            num_classes: Classes including background.
-        """
+        """One 3D stage at ``current_spacing`` (spec §3.6); arguments as :meth:`ExperimentPlanner.plan_stage`."""
         current_spacing = np.asarray(current_spacing, dtype=np.float64)
         median_here = np.round(original_spacing / current_spacing * original_shape).astype(int)
         patch = 1 / current_spacing
@@ -92,14 +84,14 @@ class ExperimentPlanner3D_v21(ExperimentPlanner):  # noqa: N801  (nnU-Net name)
         num_cases: int, num_modalities: int, num_classes: int,
     ) -> list[StagePlan]:
         """3d_fullres, preceded by 3d_lowres when the median image is large (spec §3.7)."""
-        target_t = np.array(target_spacing)[transpose_forward]
-        median_t = np.array(median_shape)[transpose_forward]
-        log.info("generating configuration for 3d_fullres")
-        full = self.plan_stage(target_t, target_t, median_t, num_cases, num_modalities, num_classes)
+        [full] = super().plan_stages(target_spacing, median_shape, transpose_forward, num_cases, num_modalities,
+                                     num_classes)
         patch_voxels = np.prod(full.patch_size, dtype=np.int64)
         if np.prod(median_shape) / patch_voxels < self.cascade_min_patches_per_image:
             return [full]
         log.info("generating configuration for 3d_lowres")
+        target_t = np.array(target_spacing)[transpose_forward]
+        median_t = np.array(median_shape)[transpose_forward]
         lowres_spacing = np.array(target_spacing, dtype=np.float64)
         num_voxels = np.prod(median_shape, dtype=np.float64)
         low = None

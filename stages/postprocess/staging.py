@@ -12,7 +12,7 @@ import os
 import posixpath
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from stages import storage
@@ -44,30 +44,21 @@ def images_only(name: str) -> bool:
 
 @contextmanager
 def local_folder(uri: str, include: Callable[[str], bool] | None = None) -> Iterator[Path]:
-    """A local folder with the content of ``uri`` (used in place when local; downloaded from S3)."""
-    if not storage.is_s3(uri):
-        path = Path(storage.to_local_path(uri))
-        if not path.is_dir():
-            raise BadInputError(f"{uri}: folder not found")
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="nnkube-in-") as scratch:
-        folder = Path(scratch) / (storage.basename(uri) or "input")
+    """A local folder with the content of ``uri`` (used in place when local; from S3 only what ``include`` takes)."""
+    if not storage.is_s3(uri) and not Path(storage.to_local_path(uri)).is_dir():
+        raise BadInputError(f"{uri}: folder not found")
+
+    def fetch(src: str, folder: Path) -> None:
         folder.mkdir()
-        download_matching(uri, folder, include)
+        download_matching(src, folder, include)
+
+    with storage.local_copy(uri, fetch) as folder:
         yield folder
 
 
-@contextmanager
-def local_file(uri: str) -> Iterator[Path]:
+def local_file(uri: str) -> AbstractContextManager[Path]:
     """A local copy of one file (the file itself when local)."""
-    if not storage.is_s3(uri):
-        yield Path(storage.to_local_path(uri))
-        return
-    with tempfile.TemporaryDirectory(prefix="nnkube-in-") as scratch:
-        path = Path(scratch) / storage.basename(uri)
-        storage.download_file(uri, path)
-        yield path
+    return storage.local_copy(uri, storage.download_file)
 
 
 @contextmanager

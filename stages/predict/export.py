@@ -30,7 +30,13 @@ import numpy as np
 from stages.fsutil import atomic_path
 from stages.imageio import strip_image_suffix, write_image
 from stages.preprocess.models import CaseProperties
-from stages.preprocess.revert import TransposeSource, paste_into_original, revert_probabilities
+from stages.preprocess.revert import (
+    DEFAULT_EXPORT_RESAMPLING,
+    ExportResampling,
+    TransposeSource,
+    paste_into_original,
+    revert_probabilities,
+)
 from stages.resources import default_workers
 from stages.workers import pool_context
 
@@ -48,9 +54,7 @@ def probabilities_to_segmentation(
     probs: np.ndarray,
     props: CaseProperties,
     transpose_backward: TransposeSource,
-    order: int = 1,
-    order_z: int = 0,
-    force_separate_z: bool | None = None,
+    resampling: ExportResampling = DEFAULT_EXPORT_RESAMPLING,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels on the original image grid from probabilities on the preprocessed grid (spec §8.5).
 
@@ -58,9 +62,7 @@ def probabilities_to_segmentation(
         probs: ``(K, *size_after_resampling)`` class probabilities in transposed (preprocessed) order.
         props: The case's properties.
         transpose_backward: ``transpose_backward`` of the plans (or the plans / preprocessing parameters).
-        order: Interpolation order of the probabilities (plans ``interpolation_order``, 1).
-        order_z: Order along a separate low-resolution axis (plans ``interpolation_order_z``, 0).
-        force_separate_z: Force the separate-z decision (plans ``force_separate_z``; None: the rule).
+        resampling: The plans' export resampling (default: nnU-Net's export defaults).
 
     Returns:
         ``(segmentation, cropped_probabilities)``: uint8 labels of ``original_size_of_raw_data`` and the
@@ -70,8 +72,7 @@ def probabilities_to_segmentation(
         raise ValueError(f"case {props.case_id}: {probs.shape[0]} classes do not fit a uint8 segmentation")
     if probs.dtype not in (np.float32, np.float64):
         probs = probs.astype(np.float32)
-    cropped = revert_probabilities(probs, props, transpose_backward, order=order, order_z=order_z,
-                                   force_separate_z=force_separate_z)
+    cropped = revert_probabilities(probs, props, transpose_backward, resampling)
     labels = np.argmax(cropped, axis=0).astype(np.uint8)
     return paste_into_original(labels, props, 0), cropped
 
@@ -101,9 +102,7 @@ def export_prediction(
     out_file: str | os.PathLike,
     transpose_backward: TransposeSource,
     save_npz: bool = False,
-    order: int = 1,
-    order_z: int = 0,
-    force_separate_z: bool | None = None,
+    resampling: ExportResampling = DEFAULT_EXPORT_RESAMPLING,
 ) -> list[Path]:
     """Write the segmentation (and optionally the softmax) of one case in the input's geometry.
 
@@ -114,9 +113,7 @@ def export_prediction(
         out_file: Segmentation file, e.g. ``out/<case>.nii.gz`` (the format follows the suffix).
         transpose_backward: ``transpose_backward`` of the plans (or the plans / preprocessing parameters).
         save_npz: Also write ``<case>.npz`` (full-grid float16 softmax) and ``<case>.json`` (properties).
-        order: Interpolation order of the probabilities.
-        order_z: Order along a separate low-resolution axis.
-        force_separate_z: Force the separate-z decision (None: the rule).
+        resampling: The plans' export resampling (default: nnU-Net's export defaults).
 
     Returns:
         The files written.
@@ -124,7 +121,7 @@ def export_prediction(
     if not isinstance(probs, np.ndarray):
         probs = np.load(probs, mmap_mode="r")
     out_file = Path(out_file)
-    seg, cropped = probabilities_to_segmentation(probs, props, transpose_backward, order, order_z, force_separate_z)
+    seg, cropped = probabilities_to_segmentation(probs, props, transpose_backward, resampling)
     if seg.shape != props.geometry.array_shape:
         raise ValueError(f"case {props.case_id}: original_size_of_raw_data {seg.shape} does not match the "
                          f"input geometry {props.geometry.array_shape}")
@@ -151,16 +148,14 @@ class _Job:
     out_file: str
     transpose_backward: TransposeSource
     save_npz: bool
-    order: int
-    order_z: int
-    force_separate_z: bool | None
+    resampling: ExportResampling
     delete_probs_file: bool
 
 
 def _run_job(job: _Job) -> list[Path]:
     try:
         return export_prediction(job.probs, job.props, job.out_file, job.transpose_backward, job.save_npz,
-                                 job.order, job.order_z, job.force_separate_z)
+                                 job.resampling)
     finally:
         if job.delete_probs_file:
             Path(job.probs).unlink(missing_ok=True)
@@ -200,13 +195,11 @@ class ExportPool:
         out_file: str | os.PathLike,
         transpose_backward: TransposeSource,
         save_npz: bool = False,
-        order: int = 1,
-        order_z: int = 0,
-        force_separate_z: bool | None = None,
+        resampling: ExportResampling = DEFAULT_EXPORT_RESAMPLING,
     ) -> None:
         """Queue :func:`export_prediction` of one case (arguments as there)."""
         axes = [int(a) for a in getattr(transpose_backward, "transpose_backward", transpose_backward)]
-        job = _Job(probs, props, str(out_file), axes, save_npz, order, order_z, force_separate_z, False)
+        job = _Job(probs, props, str(out_file), axes, save_npz, resampling, False)
         if self._executor is None:
             self._written += _run_job(job)
             return

@@ -39,6 +39,7 @@ from stages.predict.inputs import (
     shard_case_ids,
 )
 from stages.preprocess.preprocessor import PreprocessParams
+from stages.preprocess.revert import ExportResampling
 
 log = logging.getLogger(__name__)
 
@@ -229,15 +230,6 @@ def load_model(
     return model
 
 
-def export_settings(plans: Plans) -> dict[str, Any]:
-    """Resampling of the export from the plans' ``segmentation_export_params`` (defaults: order 1, z order 0)."""
-    params = plans.segmentation_export_params or {}
-    order = params.get("interpolation_order")
-    order_z = params.get("interpolation_order_z")
-    return {"order": 1 if order is None else int(order), "order_z": 0 if order_z is None else int(order_z),
-            "force_separate_z": params.get("force_separate_z")}
-
-
 def resolve_postprocessing(model: Model, postprocessing: str | os.PathLike | None) -> Path | None:
     """The rules file to apply: ``"auto"`` = the trainer folder's (warned when absent), a path, or None."""
     if postprocessing is None:
@@ -363,7 +355,7 @@ def predict_cases(
              ",".join(model.folds), "off" if disable_tta else "on")
     axes = () if disable_tta else mirror_axes_for(model.dimension)
     job = PreprocessJob(model.preprocess_params, model.num_classes)
-    export = export_settings(model.plans)
+    resampling = ExportResampling.from_plans(model.plans)
     # with postprocessing, raw predictions are staged in a hidden subfolder and postprocessed into place
     staging = output_dir / UNPROCESSED_DIR if rules_file is not None and todo else output_dir
     staging.mkdir(exist_ok=True)
@@ -377,7 +369,7 @@ def predict_cases(
             probs = predict_preprocessed(model.networks, data, model.stage_plan, model.dimension, model.num_classes,
                                          axes, step_size, model.device, model.amp)
             pool.submit(probs, props, staging / case.output_name(), model.plans.transpose_backward, save_npz,
-                        **export)
+                        resampling)
             log.info("predicted %d/%d: %s %s in %.1f s", i + 1, len(todo), case.case_id, tuple(data.shape[1:]),
                      time.monotonic() - t0)
         files = pool.wait()

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -262,7 +263,8 @@ def predict_sliding_window(
     Args:
         network: Maps ``(B, C, *patch)`` to ``(B, num_classes, *patch)`` logits (a module with ``do_ds`` has it
             switched off for the call; eval mode is set and restored).
-        data: Image ``(C, *spatial)``, float; a 2D patch on 3D data dispatches to :func:`predict_2d_on_3d`.
+        data: Image ``(C, *spatial)``, float; a 2D patch on 3D data is applied slice by slice (see
+            :func:`predict_2d_on_3d`).
         patch_size: Network input size per spatial axis.
         num_classes: Number of output channels including background.
         mirror_axes: Spatial axes (of the patch) used for mirroring TTA; empty or None disables TTA.
@@ -280,83 +282,9 @@ def predict_sliding_window(
         float32 array ``(num_classes, *spatial)`` of probabilities summing to 1 per voxel.
     """
     spatial = data.ndim - 1
-    if len(patch_size) == 2 and spatial == 3:
-        return predict_2d_on_3d(
-            network, data, patch_size, num_classes, mirror_axes, step_size, use_gaussian, device, amp, batch_size,
-            num_workers,
-        )
-    if len(patch_size) != spatial:
+    slice_axis = len(patch_size) == 2 and spatial == 3  # a 2D network on 3D data: slice by slice along axis 0
+    if not slice_axis and len(patch_size) != spatial:
         raise ValueError(f"a {len(patch_size)}D patch cannot be applied to data of shape {tuple(data.shape)}")
-    return _predict(network, data, patch_size, num_classes, mirror_axes, step_size, use_gaussian, device, amp,
-                    batch_size, num_workers, slice_axis=False)
-
-
-def predict_2d_on_3d(
-    network: torch.nn.Module,
-    data: np.ndarray | torch.Tensor,
-    patch_size: Sequence[int],
-    num_classes: int,
-    mirror_axes: Sequence[int] | None = (),
-    step_size: float = 0.5,
-    use_gaussian: bool = True,
-    device: str | torch.device | None = None,
-    amp: bool = False,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-) -> np.ndarray:
-    """Class probabilities of a 3D image ``(C, z, y, x)`` from a 2D network, slice by slice along axis 0.
-
-    Every slice is tiled and weighted exactly as a 2D image would be; ``mirror_axes`` refer to the 2D axes
-    (0 = y, 1 = x). Arguments and result as :func:`predict_sliding_window`.
-    """
-    if data.ndim != 4 or len(patch_size) != 2:
-        raise ValueError(f"predict_2d_on_3d needs (C, z, y, x) data and a 2D patch, got {tuple(data.shape)} "
-                         f"and {tuple(patch_size)}")
-    return _predict(network, data, patch_size, num_classes, mirror_axes, step_size, use_gaussian, device, amp,
-                    batch_size, num_workers, slice_axis=True)
-
-
-class _TileForward:
-    """Softmax of the network for a batch of (tile, mirror) samples, flipped back; callable from any thread."""
-
-    def __init__(self, network: torch.nn.Module, image: torch.Tensor, patch: tuple[int, ...], num_classes: int,
-                 amp: bool, threads: int | None) -> None:
-        self.network, self.image, self.patch, self.num_classes = network, image, patch, num_classes
-        self.amp = amp and image.device.type == "cuda"
-        self.threads = threads
-
-    def __call__(self, chunk: Sequence[tuple[tuple, tuple[int, ...]]]) -> torch.Tensor:
-        # inference mode, autocast and the intra-op thread count are per thread: set them here
-        if self.threads is not None and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
-        with torch.inference_mode():
-            inputs = torch.stack([flip(self.image[(slice(None), *tile)], combo, 1) for tile, combo in chunk])
-            with autocast:
-                logits = self.network(inputs)
-            if isinstance(logits, (list, tuple)):
-                logits = logits[0]
-            if logits.shape[1] != self.num_classes or tuple(logits.shape[2:]) != self.patch:
-                raise BadInputError(f"network output {tuple(logits.shape)} does not match {self.num_classes} "
-                                    f"classes and patch {self.patch} (model and plans disagree?)")
-            softmax = torch.softmax(logits.float(), dim=1)
-            return torch.stack([flip(pred, combo, 1) for (_, combo), pred in zip(chunk, softmax)])
-
-
-def _predict(
-    network: torch.nn.Module,
-    data: np.ndarray | torch.Tensor,
-    patch_size: Sequence[int],
-    num_classes: int,
-    mirror_axes: Sequence[int] | None,
-    step_size: float,
-    use_gaussian: bool,
-    device: str | torch.device | None,
-    amp: bool,
-    batch_size: int | None,
-    num_workers: int | None,
-    slice_axis: bool,
-) -> np.ndarray:
     patch = tuple(int(p) for p in patch_size)
     combos = mirror_combinations(validate_mirror_axes(mirror_axes, len(patch)))
     dev = _resolve_device(network, device)
@@ -406,3 +334,45 @@ def _predict(
         probs /= weights
         out = probs[(everything, *layout.crop)]
         return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
+
+
+def predict_2d_on_3d(
+    network: torch.nn.Module, data: np.ndarray | torch.Tensor, patch_size: Sequence[int], *args: Any, **kwargs: Any
+) -> np.ndarray:
+    """Class probabilities of a 3D image ``(C, z, y, x)`` from a 2D network, slice by slice along axis 0.
+
+    Every slice is tiled and weighted exactly as a 2D image would be; ``mirror_axes`` refer to the 2D axes
+    (0 = y, 1 = x). The remaining arguments and the result are those of :func:`predict_sliding_window`, which
+    does the work (it takes this path for any 2D patch on 3D data).
+    """
+    if data.ndim != 4 or len(patch_size) != 2:
+        raise ValueError(f"predict_2d_on_3d needs (C, z, y, x) data and a 2D patch, got {tuple(data.shape)} "
+                         f"and {tuple(patch_size)}")
+    return predict_sliding_window(network, data, patch_size, *args, **kwargs)
+
+
+class _TileForward:
+    """Softmax of the network for a batch of (tile, mirror) samples, flipped back; callable from any thread."""
+
+    def __init__(self, network: torch.nn.Module, image: torch.Tensor, patch: tuple[int, ...], num_classes: int,
+                 amp: bool, threads: int | None) -> None:
+        self.network, self.image, self.patch, self.num_classes = network, image, patch, num_classes
+        self.amp = amp and image.device.type == "cuda"
+        self.threads = threads
+
+    def __call__(self, chunk: Sequence[tuple[tuple, tuple[int, ...]]]) -> torch.Tensor:
+        # inference mode, autocast and the intra-op thread count are per thread: set them here
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+        with torch.inference_mode():
+            inputs = torch.stack([flip(self.image[(slice(None), *tile)], combo, 1) for tile, combo in chunk])
+            with autocast:
+                logits = self.network(inputs)
+            if isinstance(logits, (list, tuple)):
+                logits = logits[0]
+            if logits.shape[1] != self.num_classes or tuple(logits.shape[2:]) != self.patch:
+                raise BadInputError(f"network output {tuple(logits.shape)} does not match {self.num_classes} "
+                                    f"classes and patch {self.patch} (model and plans disagree?)")
+            softmax = torch.softmax(logits.float(), dim=1)
+            return torch.stack([flip(pred, combo, 1) for (_, combo), pred in zip(chunk, softmax)])

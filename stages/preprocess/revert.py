@@ -10,6 +10,7 @@ the original axis order before it is used, so its low-resolution axis indexes th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,6 +24,34 @@ from stages.preprocess.resampling import (
 )
 
 TransposeSource = Plans | PreprocessParams | Sequence[int]
+
+
+@dataclass(frozen=True)
+class ExportResampling:
+    """How probabilities go back to the original grid: the plans' ``segmentation_export_params``.
+
+    Attributes:
+        order: Interpolation order of the probabilities (``interpolation_order``, 1).
+        order_z: Order along a separate low-resolution axis (``interpolation_order_z``, 0).
+        force_separate_z: Force the separate-z decision (``force_separate_z``; None: the rule).
+    """
+
+    order: int = 1
+    order_z: int = 0
+    force_separate_z: bool | None = None
+
+    @classmethod
+    def from_plans(cls, plans: Plans) -> ExportResampling:
+        """The plans' export parameters (missing ones: order 1, z order 0, the separate-z rule)."""
+        params = plans.segmentation_export_params or {}
+        order = params.get("interpolation_order")
+        order_z = params.get("interpolation_order_z")
+        return cls(1 if order is None else int(order), 0 if order_z is None else int(order_z),
+                   params.get("force_separate_z"))
+
+
+#: nnU-Net's export defaults.
+DEFAULT_EXPORT_RESAMPLING = ExportResampling()
 
 
 def _transpose_backward(source: TransposeSource) -> list[int]:
@@ -84,9 +113,7 @@ def revert_probabilities(
     probs: np.ndarray,
     props: CaseProperties,
     transpose: TransposeSource,
-    order: int = 1,
-    order_z: int = 0,
-    force_separate_z: bool | None = None,
+    resampling: ExportResampling = DEFAULT_EXPORT_RESAMPLING,
     full_size: bool = False,
     threshold: float = RESAMPLING_SEPARATE_Z_ANISO_THRESHOLD,
 ) -> np.ndarray:
@@ -96,9 +123,7 @@ def revert_probabilities(
         probs: Probabilities (any float dtype) in preprocessed (transposed, resampled) order.
         props: The case's properties.
         transpose: Plans, preprocessing parameters, or ``transpose_backward`` itself.
-        order: Interpolation order (1, the export default ``interpolation_order``).
-        order_z: Order along a separate low-resolution axis (0).
-        force_separate_z: Force the separate-z decision (None: the rule).
+        resampling: Interpolation orders and separate-z decision (default: nnU-Net's export defaults).
         full_size: Also paste into ``original_size_of_raw_data`` (background channel 1 outside the crop box,
             other channels 0); otherwise return ``(C, *size_after_cropping)``.
         threshold: Anisotropy ratio that triggers separate-z.
@@ -107,8 +132,8 @@ def revert_probabilities(
         Probabilities in original axis order with the dtype of ``probs``.
     """
     _check_shape(probs.shape[1:], props)
-    out = _resample_to_cropped(probs, props, _transpose_backward(transpose), False, order, order_z,
-                               force_separate_z, threshold)
+    out = _resample_to_cropped(probs, props, _transpose_backward(transpose), False, resampling.order,
+                               resampling.order_z, resampling.force_separate_z, threshold)
     if full_size:
         out = paste_into_original(out, props, [1.0] + [0.0] * (out.shape[0] - 1))
     return np.ascontiguousarray(out)
@@ -171,5 +196,5 @@ def revert_preprocessing(
         is_probabilities = (np.issubdtype(seg_or_probs.dtype, np.floating) and seg_or_probs.ndim == ndim + 1
                             and seg_or_probs.shape[0] > 1)
     if is_probabilities:
-        return revert_probabilities(seg_or_probs, props, transpose, order=order, full_size=True)
+        return revert_probabilities(seg_or_probs, props, transpose, ExportResampling(order=order), full_size=True)
     return revert_segmentation(seg_or_probs, props, transpose, order=order)

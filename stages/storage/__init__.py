@@ -12,7 +12,11 @@ Prefixes are folders: ``list_prefix("s3://b/data")`` lists ``s3://b/data/...`` a
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from stages.errors import BadInputError, NotFoundError
 from stages.storage.backend import Backend
@@ -39,6 +43,7 @@ __all__ = [
     "join",
     "list_dir",
     "list_prefix",
+    "local_copy",
     "parent",
     "read_bytes",
     "read_text",
@@ -99,6 +104,29 @@ def upload_file(local_path: UriLike, uri: UriLike) -> None:
 def download_file(uri: UriLike, local_path: UriLike) -> None:
     """Atomically copy ``uri`` to the local file ``local_path`` (S3: verified against its sha256)."""
     get_backend(uri).download_file(as_str(uri), to_local_path(local_path))
+
+
+@contextlib.contextmanager
+def local_copy(uri: UriLike, fetch: Callable[[str, Path], object], prefix: str = "nnkube-in-") -> Iterator[Path]:
+    """A local path holding the content of ``uri``, for code that works on local files only.
+
+    A local path (or ``file://`` URI) is used in place. For an ``s3://`` URI, ``fetch(uri, dest)`` (e.g.
+    :func:`download_file` or :func:`download_tree`) fills ``dest``, a path named like the URI's last component
+    (``input`` for a bucket) in a temporary folder that is removed on exit.
+
+    Args:
+        uri: File or folder URI.
+        fetch: Copies the S3 content to the local path it is given.
+        prefix: Name prefix of the temporary folder.
+    """
+    uri = as_str(uri)
+    if not is_s3(uri):
+        yield Path(to_local_path(uri))
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        dest = Path(scratch) / (basename(uri) or "input")
+        fetch(uri, dest)
+        yield dest
 
 
 def copy(src_uri: UriLike, dst_uri: UriLike) -> None:

@@ -14,8 +14,8 @@ from stages.documents import write_json_atomic
 from stages.evaluate.evaluator import evaluate_folder
 from stages.predict.engine import mirror_axes_for, predict_preprocessed
 from stages.predict.export import ExportPool
-from stages.predict.predictor import export_settings
 from stages.preprocess.preprocessor import load_case
+from stages.preprocess.revert import ExportResampling
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def validate_fold(trainer, save_npz: bool = False, folder_name: str = "validatio
             probs = predict_preprocessed([network], data, trainer.stage_plan, trainer.dimension, trainer.num_classes,
                                          axes, trainer.config.val_step_size, trainer.device, trainer.amp)
             pool.submit(probs, props, out / f"{case_id}.nii.gz", trainer.plans.transpose_backward, save_npz,
-                        **export_settings(trainer.plans))
+                        ExportResampling.from_plans(trainer.plans))
             log.info("validation %d/%d: %s", i + 1, len(keys), case_id)
     from stages.train.ddp import barrier
 

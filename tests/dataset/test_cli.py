@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
@@ -26,14 +25,8 @@ MISSING_LINE = "PROBLEM case_001: imagesTr/case_001_0000.nii.gz: image of modali
 NAN_LINE = "PROBLEM case_001: imagesTr/case_001_0000.nii.gz: contains non-finite values (2 NaN, 0 Inf voxels)"
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The dispatcher installs a handler on the (captured) stderr of the test; put the old ones back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+# the dispatcher installs a handler on the (captured) stderr of the test; put the old ones back
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 from nnkube.cli import app as nnkube_app
 from typer.testing import CliRunner
@@ -17,16 +15,7 @@ from stages.stagekit import StageResult
 from tests.dataset.corpus import DEFECTS, write_base
 from tests.factories import make_cases, write_msd_task
 
-pytestmark = pytest.mark.s3
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = [pytest.mark.s3, pytest.mark.usefixtures("restore_logging")]
 
 
 def test_verify_s3_prefix(s3_bucket, tmp_path, capsys):

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 
-from stages import log as stages_log
 from stages import storage
 from stages.__main__ import main
 from stages.errors import DatasetError
@@ -15,15 +13,7 @@ from stages.listcases.listing import list_cases, make_shard_plan
 from stages.listcases.models import ShardPlan, split_cases
 from stages.stagekit import StageResult
 
-
-@pytest.fixture(autouse=True)
-def _clean_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    stages_log._CONTEXT.clear()
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def _images(folder, cases, modalities=(0, 1), extra=()):

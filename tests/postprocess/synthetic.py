@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.ensemble.merge import save_softmax
 from stages.imageio import Geometry, write_image
+from stages.predict.export import save_softmax
 from stages.preprocess.models import CaseProperties
 
 SHAPE = (8, 10, 12)
@@ -74,3 +74,15 @@ def write_model(results: Path, task: str, configuration: str, gts: dict[str, np.
         write_prediction(folder / f"fold_{i % folds}" / "validation_raw", case, probs[case])
         write_seg(folder / "gt_niftis" / f"{case}.nii.gz", gts[case])
     return folder
+
+
+def write_speckled_model(results: Path, task: str, speckle_label: int, n_cases: int = 4) -> Path:
+    """A 2-fold ``3d_fullres`` model of :func:`two_class_case` cases whose predictions (confident one-hot) carry
+    one stray voxel of ``speckle_label``, i.e. a spurious component the postprocessing should remove."""
+    gts = {f"case_{i}": two_class_case() for i in range(n_cases)}
+    probs = {}
+    for case, gt in gts.items():
+        pred = gt.copy()
+        pred[7, 9, 11] = speckle_label
+        probs[case] = one_hot(pred, 3)
+    return write_model(results, task, "3d_fullres", gts, probs, folds=2)

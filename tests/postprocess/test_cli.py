@@ -6,21 +6,11 @@ from nnkube.nnunet_compat import postprocess as compat_postprocess
 from stages.__main__ import main as stages_main
 from stages.imageio import read_image
 from stages.postprocess.models import PostprocessingRules, load_rules
-from tests.postprocess.synthetic import one_hot, two_class_case, write_model, write_seg
-
-
-def _model(root):
-    gts = {f"case_{i}": two_class_case() for i in range(4)}
-    probs = {}
-    for case, gt in gts.items():
-        pred = gt.copy()
-        pred[7, 9, 11] = 2
-        probs[case] = one_hot(pred, 3)
-    return write_model(root / "results", "Task002_Y", "3d_fullres", gts, probs, folds=2)
+from tests.postprocess.synthetic import two_class_case, write_seg, write_speckled_model
 
 
 def test_determine_trainer_dir(tmp_path):
-    folder = _model(tmp_path)
+    folder = write_speckled_model(tmp_path / "results", "Task002_Y", speckle_label=2)
     rc = stages_main(["postprocess", "determine", "--trainer-dir", str(folder), "--folds", "0,1",
                       "--num-processes", "1", "--result-json", str(tmp_path / "r.json")])
     assert rc == 0
@@ -57,7 +47,7 @@ def test_determine_usage_errors_exit_2(tmp_path):
 
 
 def test_nnunet_determine_postprocessing(tmp_path, monkeypatch, capsys):
-    folder = _model(tmp_path)
+    folder = write_speckled_model(tmp_path / "results", "Task002_Y", speckle_label=2)
     monkeypatch.setenv("RESULTS_FOLDER", str(tmp_path / "results"))
     monkeypatch.setenv("nnUNet_def_n_proc", "1")
     assert compat_postprocess.main(["-t", "2", "-m", "3d_fullres", "-f", "0", "1"]) == 0

@@ -8,7 +8,7 @@ from stages.imageio import read_image
 from stages.postprocess.consolidate import consolidate_folds
 from stages.postprocess.determine import determine_postprocessing
 from stages.postprocess.models import load_rules
-from tests.postprocess.synthetic import one_hot, two_class_case, write_model, write_seg
+from tests.postprocess.synthetic import two_class_case, write_seg, write_speckled_model
 
 
 def _write(tmp_path, cases):
@@ -90,18 +90,8 @@ def test_determine_rejects_same_output_folder_and_no_foreground(tmp_path):
         determine_postprocessing(raw, ref, [0], tmp_path / "pp")
 
 
-def _model(tmp_path, n_cases=4):
-    gts = {f"case_{i}": two_class_case() for i in range(n_cases)}
-    probs = {}
-    for case, gt in gts.items():
-        pred = gt.copy()
-        pred[7, 9, 11] = 1
-        probs[case] = one_hot(pred, 3)
-    return write_model(tmp_path / "results", "Task001_X", "3d_fullres", gts, probs, folds=2)
-
-
 def test_consolidate_folds_writes_cv_folders_and_rules(tmp_path):
-    folder = _model(tmp_path)
+    folder = write_speckled_model(tmp_path / "results", "Task001_X", speckle_label=1)
     rules = consolidate_folds(folder, folds=(0, 1), labels=[0, 1, 2])
     assert rules.for_which_classes == [[1, 2]]
     assert sorted(p.name for p in (folder / "cv_niftis_raw").glob("*.nii.gz")) == [f"case_{i}.nii.gz"
@@ -112,20 +102,20 @@ def test_consolidate_folds_writes_cv_folders_and_rules(tmp_path):
 
 
 def test_consolidate_infers_labels_from_references(tmp_path):
-    folder = _model(tmp_path)
+    folder = write_speckled_model(tmp_path / "results", "Task001_X", speckle_label=1)
     rules = consolidate_folds(folder, folds=(0, 1))
     assert sorted(rules.dc_per_class_raw) == ["1", "2"]
 
 
 def test_consolidate_count_mismatch_names_missing_case(tmp_path):
-    folder = _model(tmp_path)
+    folder = write_speckled_model(tmp_path / "results", "Task001_X", speckle_label=1)
     (folder / "fold_1" / "validation_raw" / "case_3.nii.gz").unlink()
     with pytest.raises(BadInputError, match=r"3 validation predictions but .* 4 references.*case_3"):
         consolidate_folds(folder, folds=(0, 1))
 
 
 def test_consolidate_missing_fold_and_duplicate_case(tmp_path):
-    folder = _model(tmp_path)
+    folder = write_speckled_model(tmp_path / "results", "Task001_X", speckle_label=1)
     with pytest.raises(BadInputError, match="fold 2 has no validation predictions"):
         consolidate_folds(folder, folds=(0, 1, 2))
     src = folder / "fold_0" / "validation_raw" / "case_0.nii.gz"

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
-
-from stages import log as stages_log
 
 
 @pytest.fixture(autouse=True)
-def _clean_logging():
-    """Undo what ``python -m stages`` (setup_logging, bind_context) does to the process's logging."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    stages_log._CONTEXT.clear()
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    stages_log._CONTEXT.clear()
+def _clean_logging(restore_logging):
+    """Every stage-kit test starts and ends with clean logging state (see ``tests/conftest.py``)."""
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])

@@ -53,3 +53,18 @@ def test_download_tree_refuses_names_escaping_the_destination(tmp_path, monkeypa
     with pytest.raises(BadInputError, match="outside"):
         storage.download_tree(src, tmp_path / "dst", progress=False)
     assert not (tmp_path / "evil").exists()
+
+
+def test_local_copy_uses_local_paths_in_place_and_fetches_s3_into_scratch(tmp_path):
+    with storage.local_copy(f"file://{tmp_path}/data", fetch=pytest.fail) as path:
+        assert path == tmp_path / "data"
+    fetched = []
+
+    def fetch(uri, dest):
+        fetched.append(uri)
+        dest.write_text("content")
+
+    with storage.local_copy("s3://bucket/prefix/case.nii.gz", fetch, prefix="nnkube-test-") as path:
+        assert path.name == "case.nii.gz" and path.parent.name.startswith("nnkube-test-")
+        assert path.read_text() == "content"
+    assert fetched == ["s3://bucket/prefix/case.nii.gz"] and not path.parent.exists()
