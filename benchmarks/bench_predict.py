@@ -35,6 +35,7 @@ import prepared
 
 TRAINER = "nnUNetTrainerV2"
 STEP_SIZE = 0.5
+FIGURES = ("s_per_case", "s_per_case_after_load", "network_s_per_case")
 _OURS_READY = re.compile(r"predicting \d+ case\(s\) of ")
 _OURS_CASE = re.compile(r"predicted \d+/\d+: .* in ([0-9.]+) s")
 _OURS_WORKERS = re.compile(r"sliding window: .* \((\d+) workers\)")
@@ -100,9 +101,11 @@ def predict_cmd(side: str, in_dir: Path, out_dir: Path, tta: bool, args: argpars
 def parse_log(side: str, log_path: Path, threads_default: int) -> dict[str, Any]:
     """From a timestamped prediction log: when prediction started, per-case network seconds, threads.
 
-    ``threads_default`` is the torch thread count a process starts with (``OMP_NUM_THREADS``).
+    ``threads_default`` is the torch thread count a process starts with (``OMP_NUM_THREADS``). nnkube picks its
+    concurrency per case (one forward pass per CPU, at most one per tile x mirror), so every distinct setting
+    it logged is listed.
     """
-    ready, cases, threads = None, [], None
+    ready, cases, threads = None, [], []
     ready_re, case_re = (_OURS_READY, _OURS_CASE) if side == harness.OURS_NAME else (_V2_READY, _V2_CASE)
     for stamp, line in harness.timestamped_lines(log_path):
         if ready is None and ready_re.search(line):
@@ -113,11 +116,11 @@ def parse_log(side: str, log_path: Path, threads_default: int) -> dict[str, Any]
             passes = int(match.group(1))
             # nnkube's sliding window: each concurrent pass gets CPUs // passes threads; one pass keeps the default
             per_pass = harness.available_cpus() // passes if passes > 1 else threads_default
-            threads = f"{passes} forward pass(es) at a time x {per_pass} thread(s)"
+            threads.append(f"{passes} forward pass(es) at a time x {per_pass} thread(s)")
         elif side == harness.V2_NAME and (match := _V2_THREADS.search(line)):
-            threads = f"1 forward pass at a time x {int(match.group(1))} thread(s)"
+            threads.append(f"1 forward pass at a time x {int(match.group(1))} thread(s)")
     return {"ready_s": ready, "network_s_per_case": statistics.fmean(cases) if cases else None,
-            "network_cases_logged": len(cases), "threads": threads}
+            "network_cases_logged": len(cases), "threads": "; ".join(dict.fromkeys(threads)) or None}
 
 
 def measure(side: str, data: prepared.Prepared, in_dir: Path, k: int, tta: bool, workdir: Path,
@@ -154,13 +157,11 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-FIGURES = ("s_per_case", "s_per_case_after_load", "network_s_per_case")
-
-
-def print_mode(tta: bool, results: dict[str, dict[str, Any]], k: int) -> dict[str, float | None] | None:
+def print_mode(tta: bool, results: dict[str, dict[str, Any]], k: int, repeats: int) -> dict[str, float | None] | None:
     """Table of one TTA setting; returns the v2/ours ratios when both sides ran."""
     header = f"{'side':<12} {'wall s':>8} {'s/case':>8} {'s/case after load':>18} {'net s/case':>11}  threads"
-    print(f"\nprediction, 3d_fullres fold 0, step {STEP_SIZE}, TTA {'on' if tta else 'off'}, {k} cases"
+    runs = f", median of {repeats} runs per side" if repeats > 1 else ""
+    print(f"\nprediction, 3d_fullres fold 0, step {STEP_SIZE}, TTA {'on' if tta else 'off'}, {k} cases{runs}"
           f"\n{header}\n{'-' * len(header)}")
     for side, r in results.items():
         if "error" in r:
@@ -190,14 +191,22 @@ def run(dataset: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.tta]
     for tta in modes:
         key = "on" if tta else "off"
+        runs: dict[str, list[dict[str, Any]]] = {side: [] for side in ready}
         results: dict[str, dict[str, Any]] = {}
-        for side, data in ready.items():
-            try:
-                results[side] = measure(side, data, in_dir, args.cases, tta, workdir, args)
-            except (RuntimeError, OSError, ValueError, KeyError) as exc:
-                harness.log(f"{side}: FAILED: {exc}")
-                results[side] = {"error": str(exc)[-3000:]}
-        ratios = print_mode(tta, results, args.cases)
+        for rep in range(args.repeats):  # repeats alternate the sides
+            for side, data in ready.items():
+                if side in results:  # failed before
+                    continue
+                harness.log(f"{side}: TTA {key}, run {rep + 1}")
+                try:
+                    runs[side].append(measure(side, data, in_dir, args.cases, tta, workdir, args))
+                except (RuntimeError, OSError, ValueError, KeyError) as exc:
+                    harness.log(f"{side}: FAILED: {exc}")
+                    results[side] = {"error": str(exc)[-3000:]}
+        for side, measured in runs.items():
+            if side not in results and measured:
+                results[side] = harness.median_of_runs(measured, ("wall_s", *FIGURES))
+        ratios = print_mode(tta, results, args.cases, args.repeats)
         report["tta"][key] = {"sides": results, "ratio_v2_over_ours": ratios}
     for side in ready:
         failed = [r[side]["error"] for r in (m["sides"] for m in report["tta"].values()) if "error" in r[side]]
@@ -218,6 +227,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of nnU-Net v2 and OMP_NUM_THREADS of both sides (default: the CPUs "
                              "available; nnkube splits the CPUs available over concurrent forward passes itself)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="timed runs per side and TTA setting, alternating the sides (medians are shown)")
     parser.add_argument("--train-iterations", type=int, default=2,
                         help="iterations of the one-epoch model training when a side has no model yet")
     parser.add_argument("--sides", nargs="+", type=harness.side_name, default=[harness.OURS_NAME, harness.V2_NAME],
@@ -230,7 +241,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the options, run, print the tables; exit 1 when a side failed."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.cases < 1 or args.repeats < 1 or args.nproc < 1 or args.train_iterations < 1:
+        parser.error("--cases, --repeats, --nproc and --train-iterations must be at least 1")
     dataset = harness.dataset_path(args.dataset)
     if dataset is None:
         return 0

@@ -35,6 +35,7 @@ import prepared
 
 PROBE = Path(__file__).resolve().parent / "nnkube_train_probe.py"
 TRAINER = "nnUNetTrainerV2"
+ITERATION_FIGURES = ("seconds_per_iteration_median", "seconds_per_iteration_mean", "loader_batches_per_s")
 
 
 def iteration_cmd(side: str, data: prepared.Prepared, scratch: Path, args: argparse.Namespace) -> list[str]:
@@ -82,7 +83,7 @@ def _run_side(side: str, cmd: list[str], env: dict[str, str], log_path: Path) ->
 
 
 def measure_iterations(side: str, data: prepared.Prepared, workdir: Path, args: argparse.Namespace) -> dict:
-    """Run the iteration benchmark of one side; its RESULT figures plus the process's wall time."""
+    """Run the iteration benchmark of one side once; its RESULT figures plus the process's wall time."""
     scratch = workdir / side.replace(" ", "_")
     harness.reset_dir(scratch)
     env = prepared.with_results(side, data, scratch / "results", args.threads, args.workers)
@@ -110,11 +111,12 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def print_iterations(results: dict[str, dict], report: dict[str, Any]) -> None:
+def print_iterations(results: dict[str, dict], report: dict[str, Any], repeats: int) -> None:
     """Table of the per-iteration figures and the ours/v2 ratios (stored in ``report``)."""
     header = f"{'side':<12} {'s/iter med':>11} {'s/iter mean':>12} {'loader b/s':>11} {'batch':>6} " \
              f"{'patch':>12} {'threads':>8} {'DA procs':>9}"
-    print(f"\ntraining iterations, 3d_fullres, CPU\n{header}\n{'-' * len(header)}")
+    runs = f", median of {repeats} runs per side" if repeats > 1 else ""
+    print(f"\ntraining iterations, 3d_fullres, CPU{runs}\n{header}\n{'-' * len(header)}")
     for side, r in results.items():
         if "error" in r:
             print(f"{side:<12} FAILED (see the JSON report)")
@@ -166,16 +168,25 @@ def run(dataset: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any
     }
     measure = measure_full_run if args.full_run else measure_iterations
     ready = prepared.prepare_sides(args.sides, dataset, args.nproc, report)
-    for side, data in ready.items():
-        try:
-            report["sides"][side] = measure(side, data, workdir, args)
-        except (RuntimeError, OSError, ValueError, KeyError) as exc:
-            harness.log(f"{side}: FAILED: {exc}")
-            report["sides"][side] = {"error": str(exc)[-3000:]}
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in ready}
+    for rep in range(1 if args.full_run else args.repeats):  # repeats alternate the sides
+        for side, data in ready.items():
+            if "error" in report["sides"].get(side, {}):
+                continue
+            harness.log(f"{side}: run {rep + 1}")
+            try:
+                runs[side].append(measure(side, data, workdir, args))
+            except (RuntimeError, OSError, ValueError, KeyError) as exc:
+                harness.log(f"{side}: FAILED: {exc}")
+                report["sides"][side] = {"error": str(exc)[-3000:]}
+    for side, measured in runs.items():
+        if measured and "error" not in report["sides"].get(side, {}):
+            report["sides"][side] = harness.median_of_runs(measured, ITERATION_FIGURES) if not args.full_run \
+                else measured[0]
     if args.full_run:
         print_full_runs(report["sides"], report, args)
     else:
-        print_iterations(report["sides"], report)
+        print_iterations(report["sides"], report, args.repeats)
     return report
 
 
@@ -191,6 +202,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="augmentation worker processes, the same on both sides (default: the CPUs available)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads, the same on both sides (default: the CPUs available)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs per side, alternating the sides; the table shows the medians over the runs")
     parser.add_argument("--nproc", type=int, default=2, help="processes for the one-time preprocessing")
     parser.add_argument("--sides", nargs="+", type=harness.side_name, default=[harness.OURS_NAME, harness.V2_NAME],
                         help="sides to run, in this order: nnkube and/or v2 (default both)")
@@ -208,7 +221,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the options, run, print the table; exit 1 when a side failed."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if min(args.iterations, args.repeats, args.full_epochs, args.full_iterations) < 1 or args.warmup < 0:
+        parser.error("--iterations, --repeats, --full-epochs and --full-iterations must be at least 1")
     dataset = harness.dataset_path(args.dataset)
     if dataset is None:
         return 0

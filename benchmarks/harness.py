@@ -341,6 +341,18 @@ def side_env(base: Mapping[str, str], **overrides: str | int | Path) -> dict[str
     return env
 
 
+def median_of_runs(runs: Sequence[Mapping[str, Any]], keys: Iterable[str]) -> dict[str, Any]:
+    """Merge repeated runs of one side: the last run's fields, the median of each of ``keys``, and ``runs``.
+
+    A key that is missing (None) in some runs takes the median of the others (None when all lack it).
+    """
+    merged: dict[str, Any] = {**runs[-1], "repeats": len(runs), "runs": [dict(r) for r in runs]}
+    for key in keys:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        merged[key] = statistics.median(values) if values else None
+    return merged
+
+
 def side_name(text: str) -> str:
     """A side given on the command line: ``nnkube`` or ``v2`` (or the full name ``nnU-Net v2``)."""
     names = {"nnkube": OURS_NAME, "ours": OURS_NAME, "v2": V2_NAME, V2_NAME.lower(): V2_NAME}
