@@ -329,18 +329,37 @@ def artifacts_option() -> Any:
                         help="Local folder receiving progress.png and summary.json for Argo output artifacts.")
 
 
+def preprocessed_option() -> Any:
+    """``--preprocessed`` (shared by train and validate)."""
+    return typer.Option(..., "--preprocessed", help="The task's preprocessed folder or s3:// prefix "
+                        "(plans, splits_final.json, stage folders, gt_segmentations).")
+
+
+def configuration_option() -> Any:
+    """``--configuration`` (shared by train and validate)."""
+    return typer.Option(..., "--configuration", help="2d, 3d_fullres, 3d_lowres or 3d_cascade_fullres.")
+
+
+def trainer_option() -> Any:
+    """``--trainer`` (shared by train and validate)."""
+    return typer.Option("nnUNetTrainerV2", "--trainer", help="Registered trainer class name.")
+
+
+def plans_identifier_option() -> Any:
+    """``--plans-identifier`` (shared by train and validate)."""
+    return typer.Option("nnUNetPlansv2.1", "--plans-identifier",
+                        help="Plans identifier (prefix of the plans file name).")
+
+
 @app.command()
 def train(
-    preprocessed: str = typer.Option(..., "--preprocessed", help="The task's preprocessed folder or s3:// prefix "
-                                     "(plans, splits_final.json, stage folders, gt_segmentations)."),
+    preprocessed: str = preprocessed_option(),
     output: str = typer.Option(..., "--output", help="Trainer folder (local or s3://), e.g. "
                                ".../nnUNet/3d_fullres/Task004_Hippocampus/nnUNetTrainerV2__nnUNetPlansv2.1."),
-    configuration: str = typer.Option(..., "--configuration", help="2d, 3d_fullres, 3d_lowres or "
-                                      "3d_cascade_fullres."),
+    configuration: str = configuration_option(),
     fold: str = typer.Option(..., "--fold", help="Fold index (0-4 for the default splits) or 'all'."),
-    trainer: str = typer.Option("nnUNetTrainerV2", "--trainer", help="Registered trainer class name."),
-    plans_identifier: str = typer.Option("nnUNetPlansv2.1", "--plans-identifier", help="Plans identifier "
-                                         "(prefix of the plans file name)."),
+    trainer: str = trainer_option(),
+    plans_identifier: str = plans_identifier_option(),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs to train (default: the trainer's)."),
     iterations: int | None = typer.Option(None, "--iterations", min=1, help="Training iterations per epoch "
                                           "(default: the trainer's, 250)."),

@@ -21,16 +21,13 @@ app = typer.Typer(add_completion=False, help="Rerun the final validation of a tr
 
 @app.command()
 def validate(
-    preprocessed: str = typer.Option(..., "--preprocessed", help="The task's preprocessed folder or s3:// prefix "
-                                     "(plans, splits_final.json, stage folders, gt_segmentations)."),
+    preprocessed: str = train_cli.preprocessed_option(),
     output: str = typer.Option(..., "--output", help="Trainer folder (local or s3://) holding fold_F/ with "
                                "model_final_checkpoint.model."),
-    configuration: str = typer.Option(..., "--configuration", help="2d, 3d_fullres, 3d_lowres or "
-                                      "3d_cascade_fullres."),
+    configuration: str = train_cli.configuration_option(),
     fold: str = typer.Option(..., "--fold", help="Fold index or 'all'."),
-    trainer: str = typer.Option("nnUNetTrainerV2", "--trainer", help="Registered trainer class name."),
-    plans_identifier: str = typer.Option("nnUNetPlansv2.1", "--plans-identifier", help="Plans identifier "
-                                         "(prefix of the plans file name)."),
+    trainer: str = train_cli.trainer_option(),
+    plans_identifier: str = train_cli.plans_identifier_option(),
     npz: bool = typer.Option(False, "--npz", help="Also export softmax probabilities of the validation cases."),
     task: str | None = typer.Option(None, "--task", help="Task name for logs (default: last part of "
                                     "--preprocessed)."),
