@@ -221,6 +221,7 @@ def run_stage(
         mark = guard.check(marker or marker_uri(output_prefix))
     if result_json is not None:
         guard.check(os.fspath(result_json))
+    log.info("started: %d input(s)%s", len(inputs), f", outputs under {output_prefix}" if output_prefix else "")
     with terminate_as_transient():
         digest = input_digest(params, inputs)
         old = read_marker(mark) if mark else None

@@ -75,11 +75,7 @@ def cpu_image(request) -> str:
     assert build.stdout.strip().splitlines()[-1] == TAG
     size = int(podman("image", "inspect", "--format", "{{.Size}}", TAG).stdout)
     message = f"[images] built {TAG} in {seconds:.0f} s; image size {size / 1e6:.0f} MB"
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("\n" + message)
+    _announce(request, message)
     return TAG
 
 
@@ -94,6 +90,7 @@ def test_image_configuration(cpu_image):
         assert env[name] == "1"
     assert env["NNKUBE_LOG_FORMAT"] == "json"
     assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["PYTHONFAULTHANDLER"] == "1"  # a native crash prints the Python stacks to the pod's log
     size = int(podman("image", "inspect", "--format", "{{.Size}}", cpu_image).stdout)
     assert size < MAX_SIZE_BYTES, f"image is {size / 1e6:.0f} MB"
 
@@ -120,8 +117,22 @@ def test_help_lists_every_step(cpu_image):
     assert "--dataset" in step_help.stdout and "--output" in step_help.stdout
 
 
-def _run_stage(image: str, server, *args: str) -> subprocess.CompletedProcess:
-    """Run ``python -m stages args`` in the image, on the host's network so 127.0.0.1 is the S3 server."""
+def _announce(request, message: str) -> None:
+    """Print ``message`` in pytest's output (also when the test passes), e.g. a CI log."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("\n" + message)
+
+
+def _run_stage(request, image: str, server, *args: str) -> subprocess.CompletedProcess:
+    """Run ``python -m stages args`` in the image, on the host's network so 127.0.0.1 is the S3 server.
+
+    A container killed by a signal (exit status above 128, e.g. 139 for SIGSEGV) is reported with its output, which
+    carries the Python stacks of every thread (the image sets PYTHONFAULTHANDLER), and run once more: a second
+    death fails the test with both outputs; a pass the second time stays visible in pytest's output.
+    """
     credentials = {
         "AWS_ENDPOINT_URL": server.endpoint_url,
         "AWS_ACCESS_KEY_ID": server.access_key,
@@ -129,10 +140,21 @@ def _run_stage(image: str, server, *args: str) -> subprocess.CompletedProcess:
         "AWS_DEFAULT_REGION": server.region,
     }
     env_args = [arg for name, value in credentials.items() for arg in ("--env", f"{name}={value}")]
-    return podman("run", "--rm", "--network", "host", *env_args, image, *args, check=False)
+    command = ("run", "--rm", "--network", "host", *env_args, image, *args)
+    first = podman(*command, check=False)
+    if first.returncode <= 128:
+        return first
+    signal = first.returncode - 128
+    report = f"exit {first.returncode} (signal {signal})\n{first.stdout[-2000:]}\n{first.stderr[-6000:]}"
+    _announce(request, f"[images] WARNING: `{' '.join(args)}` died in the container: {report}")
+    second = podman(*command, check=False)
+    if second.returncode > 128:
+        pytest.fail(f"`{' '.join(args)}` died in the container twice:\nfirst: {report}\n"
+                    f"second: exit {second.returncode}\n{second.stdout[-2000:]}\n{second.stderr[-6000:]}")
+    return second
 
 
-def test_stages_run_in_the_image_against_s3(cpu_image, s3_server, s3_bucket, tmp_path):
+def test_stages_run_in_the_image_against_s3(request, cpu_image, s3_server, s3_bucket, tmp_path):
     cases = make_cases(4, prefix="synth", shape=(20, 24, 20), zero_border=2)
     task = write_nnunet_task(tmp_path / "Task500_Synth", cases)
     clean, broken = f"{s3_bucket}/raw/Task500_Synth", f"{s3_bucket}/raw/Task501_Broken"
@@ -140,17 +162,17 @@ def test_stages_run_in_the_image_against_s3(cpu_image, s3_server, s3_bucket, tmp
     storage.upload_tree(task, broken, progress=False)
     storage.delete(f"{broken}/labelsTr/synth_002.nii.gz")
 
-    verified = _run_stage(cpu_image, s3_server, "verify", "--dataset", clean)
+    verified = _run_stage(request, cpu_image, s3_server, "verify", "--dataset", clean)
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
-    failed = _run_stage(cpu_image, s3_server, "verify", "--dataset", broken)
+    failed = _run_stage(request, cpu_image, s3_server, "verify", "--dataset", broken)
     assert failed.returncode == EXIT_BAD_INPUT, failed.stdout + failed.stderr
     assert "synth_002" in failed.stdout
     logged = [json.loads(line) for line in failed.stderr.splitlines() if line.startswith("{")]
     assert any(rec["level"] == "ERROR" and "failed verification" in rec["msg"] for rec in logged), failed.stderr
 
     output = f"{s3_bucket}/fingerprint/fingerprint.json"
-    ran = _run_stage(cpu_image, s3_server, "fingerprint", "--dataset", clean, "--output", output)
+    ran = _run_stage(request, cpu_image, s3_server, "fingerprint", "--dataset", clean, "--output", output)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     fingerprint = Fingerprint.from_json(storage.read_text(output))
     assert sorted(case.case_id for case in fingerprint.cases) == [case.case_id for case in cases]
