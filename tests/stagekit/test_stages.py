@@ -157,6 +157,9 @@ def test_json_logs_carry_the_stage_context(tmp_path):
     records = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     done = [r for r in records if r["msg"].startswith("done in")]
     assert len(done) == 1
+    started = [r for r in records if r["msg"].startswith("started:")]
+    assert len(started) == 1 and records.index(started[0]) < records.index(done[0])
+    assert "outputs under" in started[0]["msg"] and str(tmp_path / "pre") in started[0]["msg"]
     assert {k: done[0][k] for k in ("stage", "dataset", "configuration")} == {
         "stage": "preprocess", "dataset": "Task503_Logs", "configuration": "3d_fullres"}
     assert all(r["stage"] == "preprocess" for r in records)
