@@ -298,6 +298,61 @@ def restore_checkpoint(sync: FoldSync, resume_key: str) -> str | None:
     return None
 
 
+CASCADE_CONFIGURATION = "3d_cascade_fullres"
+PRED_NEXT_STAGE_FOLDER = "pred_next_stage"
+
+
+def prev_stage_prefix(prev_stage: str | None, output: str, configuration: str, trainer: str,
+                      plans_identifier: str) -> str | None:
+    """The prefix (ending in ``/``) of the 3d_lowres segmentations a cascade fold reads; None for other configurations.
+
+    Without ``--prev-stage`` it is nnU-Net v1's location next to the cascade's trainer folder:
+    ``<results>/nnUNet/3d_lowres/<task>/<previous trainer>__<plans>/pred_next_stage/``, which the 3d_lowres train
+    stages fill with their validation cases.
+
+    Raises:
+        BadInputError: ``--prev-stage`` given for another configuration, or nothing under the prefix.
+    """
+    if configuration != CASCADE_CONFIGURATION:
+        if prev_stage is not None:
+            raise BadInputError(f"--prev-stage is for {CASCADE_CONFIGURATION} only, not {configuration}")
+        return None
+    if prev_stage is None:
+        from stages.train.trainer import get_trainer_class
+
+        previous = getattr(get_trainer_class(trainer), "previous_trainer", "nnUNetTrainerV2")
+        task_folder = storage.parent(output)
+        results = storage.parent(storage.parent(task_folder))
+        prev_stage = storage.join(results, "3d_lowres", storage.basename(task_folder),
+                                  f"{previous}__{plans_identifier}", PRED_NEXT_STAGE_FOLDER)
+    prefix = prev_stage.rstrip("/") + "/"
+    if not storage.list_prefix(prefix):
+        raise BadInputError(f"no previous-stage segmentations under {prefix}: train and validate every 3d_lowres "
+                            f"fold first (each writes its validation cases to {PRED_NEXT_STAGE_FOLDER}/), or pass "
+                            f"--prev-stage")
+    return prefix
+
+
+def cascade_hook(prefix: str | None, work: Path, then: Callable[[Any], None] | None = None) -> Callable[[Any], None]:
+    """A ``trainer_hook`` pointing a cascade trainer at a local copy of ``prefix`` (staged now), then ``then``."""
+    local = stage_preprocessed(prefix.rstrip("/"), [prefix], work / "prev_stage") if prefix else None
+
+    def hook(trainer: Any) -> None:
+        if local is not None:
+            trainer.prev_stage_folder = local
+        if then is not None:
+            then(trainer)
+
+    return hook
+
+
+def prev_stage_option() -> Any:
+    """``--prev-stage`` (shared by train and validate)."""
+    return typer.Option(None, "--prev-stage", help="3d_cascade_fullres only: folder or s3:// prefix of the "
+                        "3d_lowres segmentations (<case>_segFromPrevStage.npy). Default: nnU-Net's location next "
+                        "to --output, .../3d_lowres/<task>/<previous trainer>__<plans>/pred_next_stage.")
+
+
 def fold_extra(sync: FoldSync, summary: dict | None, output: str, configuration: str, fold: int | str) -> dict:
     """The stage summary of a trained or validated fold (``dice`` is the validation foreground mean Dice)."""
     summary_file = sync.local_fold / SUMMARY_PATH
@@ -376,6 +431,7 @@ def train(
                                        "progress.png and the training log (checkpoints are uploaded at once)."),
     task: str | None = typer.Option(None, "--task", help="Task name for logs (default: last part of "
                                     "--preprocessed)."),
+    prev_stage: str | None = prev_stage_option(),
     artifacts_dir: Path | None = artifacts_option(),
     result_json: str | None = result_json_option(),
     raw_prefix: str | None = raw_prefix_option(),
@@ -391,6 +447,8 @@ def train(
     bind_context(stage="train", dataset=task, configuration=configuration, fold=str(fold_value))
     guard = WriteGuard(protected_prefixes(raw_prefix, [preprocessed]))
     inputs = preprocessed_inputs(preprocessed, configuration, plans_identifier)
+    prev_prefix = prev_stage_prefix(prev_stage, output, configuration, trainer, plans_identifier)
+    inputs += [prev_prefix] if prev_prefix else []
     inputs_digest = input_digest({}, inputs)
     identity = {"trainer": trainer, "configuration": configuration, "fold": str(fold_value),
                 "plans_identifier": plans_identifier}
@@ -405,12 +463,13 @@ def train(
         syncs.append(sync)
         restore_checkpoint(sync, resume_key)
         with scratch_dir("train-input") as work:
-            local_pre = stage_preprocessed(preprocessed, inputs, work / task)
+            local_pre = stage_preprocessed(preprocessed, [u for u in inputs if u != prev_prefix], work / task)
+            hook = cascade_hook(prev_prefix, work, then=sync.attach)
             try:
                 summary = _train_fold_fn()(
                     local_pre, out_dir, configuration, fold_value, trainer_name=trainer,
                     plans_identifier=plans_identifier, config=config, resume=True, save_npz=npz, task=task,
-                    trainer_hook=sync.attach,
+                    trainer_hook=hook,
                 )
             except BaseException:
                 sync.flush(best_effort=True)

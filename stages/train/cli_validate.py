@@ -31,6 +31,7 @@ def validate(
     npz: bool = typer.Option(False, "--npz", help="Also export softmax probabilities of the validation cases."),
     task: str | None = typer.Option(None, "--task", help="Task name for logs (default: last part of "
                                     "--preprocessed)."),
+    prev_stage: str | None = train_cli.prev_stage_option(),
     artifacts_dir: Path | None = train_cli.artifacts_option(),
     result_json: str | None = result_json_option(),
     raw_prefix: str | None = raw_prefix_option(),
@@ -48,6 +49,8 @@ def validate(
     guard = WriteGuard(protected_prefixes(raw_prefix, [preprocessed]))
     fold_dir = f"fold_{fold_value}"
     inputs = train_cli.preprocessed_inputs(preprocessed, configuration, plans_identifier)
+    prev_prefix = train_cli.prev_stage_prefix(prev_stage, output, configuration, trainer, plans_identifier)
+    inputs += [prev_prefix] if prev_prefix else []
     checkpoint = storage.join(output, fold_dir, FINAL)
     syncs: list[train_cli.FoldSync] = []
 
@@ -57,10 +60,12 @@ def validate(
         sync.download(f"{fold_dir}/{FINAL}")
         sync.download(f"{fold_dir}/{FINAL}.json")
         with scratch_dir("validate-input") as work:
-            local_pre = train_cli.stage_preprocessed(preprocessed, inputs, work / task)
+            local_pre = train_cli.stage_preprocessed(preprocessed, [u for u in inputs if u != prev_prefix],
+                                                     work / task)
             summary = train_cli._train_fold_fn()(
                 local_pre, out_dir, configuration, fold_value, trainer_name=trainer,
                 plans_identifier=plans_identifier, validation_only=True, save_npz=npz, task=task,
+                trainer_hook=train_cli.cascade_hook(prev_prefix, work),
             )
         return train_cli.fold_extra(sync, summary, output, configuration, fold_value)
 

@@ -103,7 +103,9 @@ def fake_training(monkeypatch):
         if trainer_hook is not None:
             trainer_hook(trainer)
         (Path(trainer_folder) / "plans.json").write_text((pre / "nnUNetPlansv2.1_plans_3D.json").read_text())
-        call = {"staged": staged, "validation_only": validation_only, "npz": save_npz}
+        prev = getattr(trainer, "prev_stage_folder", None)  # set by the stage's hook for the cascade
+        call = {"staged": staged, "validation_only": validation_only, "npz": save_npz,
+                "prev_stage": sorted(p.name for p in Path(prev).iterdir()) if prev else None}
         calls.append(call)
         if validation_only:
             assert (trainer.output_dir / "model_final_checkpoint.model").is_file()
@@ -120,12 +122,12 @@ def fake_training(monkeypatch):
     stages_log._CONTEXT.clear()
 
 
-def _preprocessed(prefix: str) -> None:
-    plans = make_plans()
+def _preprocessed(prefix: str, cascade: bool = False) -> None:
+    plans = make_plans(extra_stages=[(2.0, 2.0, 2.0)] if cascade else ())
     storage.write_text(f"{prefix}/nnUNetPlansv2.1_plans_3D.json", plans.to_json())
     for case in ("case_000", "case_001"):
         for ext in (".npy", "_seg.npy", ".json"):
-            storage.write_text(f"{prefix}/{plans.stage_folder(0)}/{case}{ext}", f"{case}{ext}")
+            storage.write_text(f"{prefix}/{plans.stage_folder(plans.num_stages - 1)}/{case}{ext}", f"{case}{ext}")
         storage.write_text(f"{prefix}/gt_segmentations/{case}.nii.gz", case)
     storage.write_text(f"{prefix}/nnUNetData_plans_v2.1_stage9/other.npy", "not needed by this configuration")
 
@@ -233,3 +235,38 @@ def test_bad_flags_exit_2(s3_bucket, fake_training, tmp_path):
     assert main(["train", "--preprocessed", f"{s3_bucket}/nothing", "--output", str(tmp_path / "t"),
                  "--configuration", "3d_fullres", "--fold", "0"]) == 2
     assert not fake_training[0]
+
+
+def test_cascade_stages_the_lowres_segmentations(s3_bucket, fake_training, tmp_path):
+    calls, _ = fake_training
+    pre, results = f"{s3_bucket}/pre/Task500_Synth", f"{s3_bucket}/results/nnUNet"
+    _preprocessed(pre, cascade=True)
+    out = f"{results}/3d_cascade_fullres/Task500_Synth/nnUNetTrainerV2CascadeFullRes__nnUNetPlansv2.1"
+    common = ["--preprocessed", pre, "--output", out, "--configuration", "3d_cascade_fullres", "--fold", "0",
+              "--trainer", "nnUNetTrainerV2CascadeFullRes"]
+    train = ["train", *common, "--epochs", "1"]
+    assert main(train) == 2 and not calls  # no 3d_lowres predictions at nnU-Net's location yet
+
+    lowres = f"{results}/3d_lowres/Task500_Synth/nnUNetTrainerV2__nnUNetPlansv2.1/pred_next_stage"
+    names = ["case_000_segFromPrevStage.npy", "case_001_segFromPrevStage.npy"]
+    for name in names:
+        storage.write_text(f"{lowres}/{name}", name)
+    assert main(train) == 0
+    assert calls[0]["prev_stage"] == names
+    assert "nnUNetData_plans_v2.1_stage1/case_000.npy" in calls[0]["staged"]
+    assert not [p for p in calls[0]["staged"] if "segFromPrevStage" in p]  # beside the data, not inside it
+    assert main(train) == 0 and len(calls) == 1  # unchanged: skipped
+
+    storage.write_text(f"{lowres}/{names[1]}", "predicted again")  # a new 3d_lowres result reruns the cascade
+    assert main(train) == 0 and calls[1]["started_at"] == 0
+
+    elsewhere = f"{s3_bucket}/lowres-elsewhere"
+    storage.write_text(f"{elsewhere}/{names[0]}", "other")
+    assert main([*train, "--prev-stage", elsewhere]) == 0
+    assert calls[2]["prev_stage"] == names[:1] and calls[2]["started_at"] == 0
+    assert main(["validate", *common, "--prev-stage", elsewhere]) == 0
+    assert calls[3]["validation_only"] and calls[3]["prev_stage"] == names[:1]
+
+    assert main(["train", "--preprocessed", pre, "--output", f"{s3_bucket}/results/fullres", "--configuration",
+                 "3d_fullres", "--fold", "0", "--prev-stage", elsewhere]) == 2  # cascade only
+    assert main([*train, "--prev-stage", f"{s3_bucket}/empty"]) == 2 and len(calls) == 4
