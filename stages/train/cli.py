@@ -85,15 +85,22 @@ def check_configuration(configuration: str) -> None:
 
 
 def preprocessed_inputs(preprocessed: str, configuration: str, plans_identifier: str) -> list[str]:
-    """URIs a fold reads: plans, stage folder and gt_segmentations (prefixes end in ``/``), splits, dataset.json."""
+    """URIs a fold reads: plans, stage folder(s) and gt_segmentations (prefixes end in ``/``), splits, dataset.json.
+
+    A 3d_lowres fold also reads the 3d_fullres stage folder: after its validation it predicts the validation cases
+    on that grid for the cascade (``pred_next_stage``).
+    """
     from stages.dataset.models import DATASET_JSON
     from stages.plan.models import Plans, plans_filename
     from stages.train.splits import SPLITS_FILENAME
 
     plans_file = storage.join(preprocessed, plans_filename("2D" if configuration == "2d" else "3D", plans_identifier))
     plans = Plans.from_json(storage.read_bytes(plans_file), source=plans_file)
-    folder = plans.stage_folder(plans.stage_for(configuration))
-    uris = [plans_file, storage.join(preprocessed, folder) + "/", storage.join(preprocessed, GT_FOLDER) + "/"]
+    stages_read = [plans.stage_for(configuration)]
+    if configuration == "3d_lowres":  # pred_next_stage predicts the validation cases on the 3d_fullres grid
+        stages_read.append(plans.stage_for(CASCADE_CONFIGURATION))
+    uris = [plans_file, *(storage.join(preprocessed, plans.stage_folder(s)) + "/" for s in stages_read),
+            storage.join(preprocessed, GT_FOLDER) + "/"]
     uris += [u for u in (storage.join(preprocessed, n) for n in (SPLITS_FILENAME, DATASET_JSON)) if storage.exists(u)]
     return uris
 
