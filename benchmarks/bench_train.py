@@ -13,13 +13,15 @@ seconds per iteration (median) and loader batches/s per side, and the ratios our
 ``--full-run`` instead trains a fold for ``--full-epochs`` x ``--full-iterations`` on each side
 (``nnUNet_train 3d_fullres nnUNetTrainerV2 4 0 --epochs E --iterations I``; v2: ``nnUNetTrainer`` with
 ``num_epochs``/``num_iterations_per_epoch`` overridden) including the final validation, and reports wall time and
-the validation's mean foreground Dice of each. The acceptance run is E=10, I=50 (about 35 min per side on an
-idle 2-CPU machine).
+the validation's mean foreground Dice of each. The acceptance run is E=10, I=50: about 110 min per side on a
+2-CPU machine (~11 s per iteration on both sides), so both sides together outlast a working session there;
+``--merge REPORT`` then shows a side measured by an earlier invocation (same budget, same machine) in the table.
 
 The preprocessed data are made once under ``.bench/data`` (untimed, see prepared.py).
 
     python benchmarks/bench_train.py --iterations 10 --workers 2 --json .bench/train.json
     python benchmarks/bench_train.py --full-run --full-epochs 10 --full-iterations 50 --json .bench/train_full.json
+    python benchmarks/bench_train.py --full-run --sides v2 --merge benchmarks/results/train_full_nnkube.json
 """
 
 from __future__ import annotations
@@ -151,13 +153,57 @@ def print_full_runs(results: dict[str, dict], report: dict[str, Any], args: argp
         if "error" in r:
             print(f"{side:<12} FAILED (see the JSON report)")
             continue
-        print(f"{side:<12} {r['wall_s']:>9.1f} {r['cpu_s']:>9.1f} {r['foreground_mean_dice']:>8.4f}")
+        origin = f"  (earlier invocation, {r['machine'].get('time')}: {r['merged_from']})" if "merged_from" in r else ""
+        print(f"{side:<12} {r['wall_s']:>9.1f} {r['cpu_s']:>9.1f} {r['foreground_mean_dice']:>8.4f}{origin}")
     ours, v2 = results.get(harness.OURS_NAME, {}), results.get(harness.V2_NAME, {})
     if ours and v2 and "error" not in ours and "error" not in v2:
         report["ratios"] = {"wall_s_ours_over_v2": harness.ratio(ours["wall_s"], v2["wall_s"]),
                             "dice_ours_minus_v2": ours["foreground_mean_dice"] - v2["foreground_mean_dice"]}
         print(f"wall ours/v2: {report['ratios']['wall_s_ours_over_v2']:.2f}x; "
               f"Dice ours - v2: {report['ratios']['dice_ours_minus_v2']:+.4f}")
+
+
+def full_run_budget(args: argparse.Namespace) -> dict[str, int]:
+    """The training budget of a full run (what must match for two sides to be compared)."""
+    return {"epochs": args.full_epochs, "iterations": args.full_iterations, "val_iterations": args.full_val_iterations}
+
+
+def _budget_of(report: dict[str, Any]) -> dict[str, int] | None:
+    """A full-run report's budget: its ``budget``, else read off its sides' commands (reports before it was kept)."""
+    if "budget" in report:
+        return report["budget"]
+    flags = {"--epochs": "epochs", "--iterations": "iterations", "--val_iterations": "val_iterations",
+             "--val-iterations": "val_iterations"}
+    for side in report.get("sides", {}).values():
+        command = [str(c) for c in side.get("command", [])]
+        found = {flags[c]: int(command[i + 1]) for i, c in enumerate(command[:-1]) if c in flags}
+        if len(found) == 3:
+            return found
+    return None
+
+
+def merge_earlier_full_run(report: dict[str, Any], path: Path) -> list[str]:
+    """Add the sides of an earlier ``--full-run`` report that this run did not measure; return their names.
+
+    A full run of both sides at the acceptance budget outlasts a working session on a 2-CPU machine, so the sides
+    may be measured in separate invocations on the same machine. The merged sides keep their own ``machine``
+    record (time, load at start) and name the report they came from; the table says so.
+
+    Raises:
+        ValueError: ``path`` is not a full-run report, or its budget differs from this run's.
+    """
+    earlier = json.loads(Path(path).read_text())
+    if earlier.get("benchmark") != "train_full_run":
+        raise ValueError(f"{path} is not a --full-run report (benchmark {earlier.get('benchmark')!r})")
+    if _budget_of(earlier) != report["budget"]:
+        raise ValueError(f"{path} was run with budget {_budget_of(earlier)}, this run with {report['budget']}")
+    merged = []
+    for side, result in earlier.get("sides", {}).items():
+        if side in report["sides"] or "error" in result:
+            continue
+        report["sides"][side] = {**result, "merged_from": str(path), "machine": earlier.get("machine")}
+        merged.append(side)
+    return merged
 
 
 def run(dataset: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -184,6 +230,10 @@ def run(dataset: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any
             report["sides"][side] = harness.median_of_runs(measured, ITERATION_FIGURES) if not args.full_run \
                 else measured[0]
     if args.full_run:
+        report["budget"] = full_run_budget(args)
+        for path in args.merge or []:
+            for side in merge_earlier_full_run(report, path):
+                harness.log(f"{side}: taken from {path} (measured {report['sides'][side]['machine'].get('time')})")
         print_full_runs(report["sides"], report, args)
     else:
         print_iterations(report["sides"], report, args.repeats)
@@ -213,6 +263,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--full-iterations", type=int, default=50, help="--full-run: training iterations per epoch")
     parser.add_argument("--full-val-iterations", type=int, default=50,
                         help="--full-run: validation batches per epoch (both trainers' default is 50)")
+    parser.add_argument("--merge", type=Path, action="append",
+                        help="--full-run: also show the sides of an earlier --full-run JSON report (same budget) that "
+                             "this run does not measure, e.g. one side per session; may be repeated")
     parser.add_argument("--workdir", type=Path, default=harness.BENCH_DIR / "train",
                         help="scratch folder for logs and results (default .bench/train)")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
@@ -225,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.iterations, args.repeats, args.full_epochs, args.full_iterations) < 1 or args.warmup < 0:
         parser.error("--iterations, --repeats, --full-epochs and --full-iterations must be at least 1")
+    if args.merge and not args.full_run:
+        parser.error("--merge goes with --full-run")
+    for path in args.merge or []:  # checked before hours of training, not after
+        try:
+            merge_earlier_full_run({"budget": full_run_budget(args), "sides": {}}, path)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--merge {path}: {exc}")
     dataset = harness.dataset_path(args.dataset)
     if dataset is None:
         return 0

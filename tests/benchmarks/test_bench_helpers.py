@@ -153,3 +153,38 @@ def test_input_folder_links_first_k_test_images(bench_predict: ModuleType, tmp_p
     assert (folder / "case_1_0000.nii.gz").resolve() == (dataset / "imagesTs" / "case_1.nii.gz").resolve()
     with pytest.raises(ValueError, match="fewer than --cases 4"):
         bench_predict.input_folder(dataset, tmp_path / "work", 4)
+
+
+@pytest.fixture(scope="module")
+def bench_train() -> ModuleType:
+    return _load("bench_train")
+
+
+def _full_run_args(bench_train, *argv: str) -> argparse.Namespace:
+    return bench_train._parser().parse_args(["--full-run", *argv])
+
+
+def test_full_run_merges_an_earlier_side_of_the_same_budget(bench_train, tmp_path, capsys):
+    earlier = tmp_path / "ours.json"
+    ours = {"wall_s": 6000.0, "cpu_s": 11000.0, "foreground_mean_dice": 0.85,
+            "command": ["nnUNet_train", "3d_fullres", "nnUNetTrainerV2", "4", "0", "--epochs", "10",
+                        "--iterations", "50", "--val_iterations", "50", "--num_workers", "2"]}
+    earlier.write_text(json.dumps({"benchmark": "train_full_run", "machine": {"time": "T0"},
+                                   "sides": {"nnkube": ours}}))  # written before reports kept "budget"
+    args = _full_run_args(bench_train, "--full-epochs", "10", "--full-iterations", "50")
+    report = {"budget": bench_train.full_run_budget(args),
+              "sides": {"nnU-Net v2": {"wall_s": 7500.0, "cpu_s": 12000.0, "foreground_mean_dice": 0.83}}}
+    assert bench_train.merge_earlier_full_run(report, earlier) == ["nnkube"]
+    assert report["sides"]["nnkube"]["merged_from"] == str(earlier)
+    assert report["sides"]["nnkube"]["machine"] == {"time": "T0"}
+    bench_train.print_full_runs(report["sides"], report, args)
+    out = capsys.readouterr().out
+    assert "earlier invocation, T0" in out and "wall ours/v2: 0.80x" in out and "Dice ours - v2: +0.0200" in out
+
+    assert bench_train.merge_earlier_full_run(report, earlier) == []  # a side measured here is never replaced
+    other = _full_run_args(bench_train, "--full-epochs", "5", "--full-iterations", "50")
+    with pytest.raises(ValueError, match="budget"):
+        bench_train.merge_earlier_full_run({"budget": bench_train.full_run_budget(other), "sides": {}}, earlier)
+    earlier.write_text(json.dumps({"benchmark": "train_iterations", "sides": {}}))
+    with pytest.raises(ValueError, match="not a --full-run report"):
+        bench_train.merge_earlier_full_run(report, earlier)
