@@ -41,6 +41,20 @@ LOWRES_CONFIGURATION = "3d_lowres"
 CASCADE_CONFIGURATION = "3d_cascade_fullres"
 
 
+def lowres_prediction_folder(trainer_folder: str, previous_trainer: str, plans_identifier: str) -> str:
+    """nnU-Net v1's ``pred_next_stage`` location for a cascade trainer folder (local path or ``s3://`` URI).
+
+    ``<results>/nnUNet/3d_cascade_fullres/<task>/<trainer>__<plans>`` ->
+    ``<results>/nnUNet/3d_lowres/<task>/<previous_trainer>__<plans>/pred_next_stage``.
+    """
+    from stages import storage
+
+    task_folder = storage.parent(trainer_folder)
+    results = storage.parent(storage.parent(task_folder))
+    return storage.join(results, LOWRES_CONFIGURATION, storage.basename(task_folder),
+                        f"{previous_trainer}__{plans_identifier}", PRED_NEXT_STAGE)
+
+
 def onehot_foreground(seg: np.ndarray, num_classes: int) -> np.ndarray:
     """float32 ``(K-1, *spatial)`` one-hot encoding of labels ``1..K-1`` (no background channel) of ``seg``."""
     return np.stack([seg == label for label in range(1, num_classes)]).astype(np.float32)

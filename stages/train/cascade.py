@@ -23,9 +23,8 @@ import numpy as np
 from stages.errors import BadInputError, DatasetError
 from stages.predict.cascade import (
     CASCADE_CONFIGURATION,
-    LOWRES_CONFIGURATION,
-    PRED_NEXT_STAGE,
     load_prev_stage_seg,
+    lowres_prediction_folder,
     onehot_foreground,
 )
 from stages.train.data import prev_stage_file
@@ -42,10 +41,7 @@ def default_prev_stage_folder(fold_dir: str | os.PathLike, previous_trainer: str
         previous_trainer: Trainer class of the 3d_lowres stage.
         plans_identifier: Plans identifier shared by both stages.
     """
-    fold_dir = Path(fold_dir)
-    task_dir = fold_dir.parent.parent
-    return task_dir.parent.parent / LOWRES_CONFIGURATION / task_dir.name / (
-        f"{previous_trainer}__{plans_identifier}") / PRED_NEXT_STAGE
+    return Path(lowres_prediction_folder(str(Path(fold_dir).parent), previous_trainer, plans_identifier))
 
 
 class nnUNetTrainerV2CascadeFullRes(nnUNetTrainerV2):  # noqa: N801 - the name users select it by

@@ -120,7 +120,6 @@ def stage_preprocessed(preprocessed: str, inputs: list[str], dest: Path) -> Path
 
 
 CASCADE_CONFIGURATION = "3d_cascade_fullres"
-PRED_NEXT_STAGE_FOLDER = "pred_next_stage"
 
 
 def prev_stage_prefix(prev_stage: str | None, output: str, configuration: str, trainer: str,
@@ -139,17 +138,15 @@ def prev_stage_prefix(prev_stage: str | None, output: str, configuration: str, t
             raise BadInputError(f"--prev-stage is for {CASCADE_CONFIGURATION} only, not {configuration}")
         return None
     if prev_stage is None:
+        from stages.predict.cascade import lowres_prediction_folder
         from stages.train.trainer import get_trainer_class
 
         previous = getattr(get_trainer_class(trainer), "previous_trainer", "nnUNetTrainerV2")
-        task_folder = storage.parent(output)
-        results = storage.parent(storage.parent(task_folder))
-        prev_stage = storage.join(results, "3d_lowres", storage.basename(task_folder),
-                                  f"{previous}__{plans_identifier}", PRED_NEXT_STAGE_FOLDER)
+        prev_stage = lowres_prediction_folder(output, previous, plans_identifier)
     prefix = prev_stage.rstrip("/") + "/"
     if not storage.list_prefix(prefix):
         raise BadInputError(f"no previous-stage segmentations under {prefix}: train and validate every 3d_lowres "
-                            f"fold first (each writes its validation cases to {PRED_NEXT_STAGE_FOLDER}/), or pass "
+                            f"fold first (each writes its validation cases to pred_next_stage/), or pass "
                             f"--prev-stage")
     return prefix
 
@@ -242,10 +239,9 @@ def train(
     task = task or storage.basename(preprocessed)
     bind_context(stage="train", dataset=task, configuration=configuration, fold=str(fold_value))
     guard = WriteGuard(protected_prefixes(raw_prefix, [preprocessed]))
-    inputs = preprocessed_inputs(preprocessed, configuration, plans_identifier)
+    pre_inputs = preprocessed_inputs(preprocessed, configuration, plans_identifier)
     prev_prefix = prev_stage_prefix(prev_stage, output, configuration, trainer, plans_identifier)
-    inputs += [prev_prefix] if prev_prefix else []
-    inputs_digest = input_digest({}, inputs)
+    inputs_digest = input_digest({}, pre_inputs + ([prev_prefix] if prev_prefix else []))
     identity = {"trainer": trainer, "configuration": configuration, "fold": str(fold_value),
                 "plans_identifier": plans_identifier}
     resume_key = input_digest({"resume": identity, "inputs": inputs_digest}, [])
@@ -259,7 +255,7 @@ def train(
         syncs.append(sync)
         restore_checkpoint(sync, resume_key)
         with scratch_dir("train-input") as work:
-            local_pre = stage_preprocessed(preprocessed, [u for u in inputs if u != prev_prefix], work / task)
+            local_pre = stage_preprocessed(preprocessed, pre_inputs, work / task)
             hook = cascade_hook(prev_prefix, work, then=sync.attach)
             try:
                 summary = _train_fold_fn()(

@@ -48,9 +48,8 @@ def validate(
     bind_context(stage="validate", dataset=task, configuration=configuration, fold=str(fold_value))
     guard = WriteGuard(protected_prefixes(raw_prefix, [preprocessed]))
     fold_dir = f"fold_{fold_value}"
-    inputs = train_cli.preprocessed_inputs(preprocessed, configuration, plans_identifier)
+    pre_inputs = train_cli.preprocessed_inputs(preprocessed, configuration, plans_identifier)
     prev_prefix = train_cli.prev_stage_prefix(prev_stage, output, configuration, trainer, plans_identifier)
-    inputs += [prev_prefix] if prev_prefix else []
     checkpoint = storage.join(output, fold_dir, FINAL)
     syncs: list[train_cli.FoldSync] = []
 
@@ -60,8 +59,7 @@ def validate(
         sync.download(f"{fold_dir}/{FINAL}")
         sync.download(f"{fold_dir}/{FINAL}.json")
         with scratch_dir("validate-input") as work:
-            local_pre = train_cli.stage_preprocessed(preprocessed, [u for u in inputs if u != prev_prefix],
-                                                     work / task)
+            local_pre = train_cli.stage_preprocessed(preprocessed, pre_inputs, work / task)
             summary = train_cli._train_fold_fn()(
                 local_pre, out_dir, configuration, fold_value, trainer_name=trainer,
                 plans_identifier=plans_identifier, validation_only=True, save_npz=npz, task=task,
@@ -72,7 +70,8 @@ def validate(
     params = {"trainer": trainer, "configuration": configuration, "fold": str(fold_value),
               "plans_identifier": plans_identifier, "npz": npz}
     result = run_stage(
-        "validate", params, [*inputs, checkpoint, checkpoint + ".json"], output, compute, result_json,
+        "validate", params, [*pre_inputs, *([prev_prefix] if prev_prefix else []), checkpoint, checkpoint + ".json"],
+        output, compute, result_json,
         marker=marker_uri(storage.join(output, fold_dir), "validate"), guard=guard,
         publish=lambda _out, _prefix: syncs[-1].publish(prune_latest=False), check_outputs="exists",
     )
