@@ -231,11 +231,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="timed runs per side and TTA setting, alternating the sides (medians are shown)")
     parser.add_argument("--train-iterations", type=int, default=2,
                         help="iterations of the one-epoch model training when a side has no model yet")
-    parser.add_argument("--sides", nargs="+", type=harness.side_name, default=[harness.OURS_NAME, harness.V2_NAME],
-                        help="sides to run, in this order: nnkube and/or v2 (default both)")
-    parser.add_argument("--workdir", type=Path, default=harness.BENCH_DIR / "predict",
-                        help="scratch folder for inputs, models, outputs and logs (default .bench/predict)")
-    parser.add_argument("--json", type=Path, help="also write the report as JSON here")
+    harness.add_common_arguments(parser, harness.BENCH_DIR / "predict",
+                                 "scratch folder for inputs, models, outputs and logs (default .bench/predict)")
     return parser
 
 

@@ -255,8 +255,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs per side, alternating the sides; the table shows the medians over the runs")
     parser.add_argument("--nproc", type=int, default=2, help="processes for the one-time preprocessing")
-    parser.add_argument("--sides", nargs="+", type=harness.side_name, default=[harness.OURS_NAME, harness.V2_NAME],
-                        help="sides to run, in this order: nnkube and/or v2 (default both)")
     parser.add_argument("--full-run", action="store_true",
                         help="instead of timing iterations, train and validate a fold on each side")
     parser.add_argument("--full-epochs", type=int, default=10, help="--full-run: epochs")
@@ -266,9 +264,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--merge", type=Path, action="append",
                         help="--full-run: also show the sides of an earlier --full-run JSON report (same budget) that "
                              "this run does not measure, e.g. one side per session; may be repeated")
-    parser.add_argument("--workdir", type=Path, default=harness.BENCH_DIR / "train",
-                        help="scratch folder for logs and results (default .bench/train)")
-    parser.add_argument("--json", type=Path, help="also write the report as JSON here")
+    harness.add_common_arguments(parser, harness.BENCH_DIR / "train",
+                                 "scratch folder for logs and results (default .bench/train)")
     return parser
 
 

@@ -359,6 +359,27 @@ def median_of_runs(runs: Sequence[Mapping[str, Any]], keys: Iterable[str]) -> di
     return merged
 
 
+def iteration_timings(setup_s: float, iterations: int, step_s: Sequence[float], loader_batches: int,
+                      loader_s: float) -> dict[str, Any]:
+    """The timing keys of a training-iterations RESULT line, the same on both sides (probe and v2 launcher)."""
+    return {
+        "setup_s": setup_s,
+        "iterations": iterations,
+        "seconds_per_iteration_median": statistics.median(step_s) if step_s else None,
+        "seconds_per_iteration_mean": statistics.fmean(step_s) if step_s else None,
+        "loader_batches": loader_batches,
+        "loader_batches_per_s": loader_batches / loader_s if loader_s > 0 else None,
+    }
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, workdir: Path, workdir_help: str) -> None:
+    """``--sides``, ``--workdir`` (default ``workdir``) and ``--json``, shared by the side-by-side benchmarks."""
+    parser.add_argument("--sides", nargs="+", type=side_name, default=[OURS_NAME, V2_NAME],
+                        help="sides to run, in this order: nnkube and/or v2 (default both)")
+    parser.add_argument("--workdir", type=Path, default=workdir, help=workdir_help)
+    parser.add_argument("--json", type=Path, help="also write the report as JSON here")
+
+
 def side_name(text: str) -> str:
     """A side given on the command line: ``nnkube`` or ``v2`` (or the full name ``nnU-Net v2``)."""
     names = {"nnkube": OURS_NAME, "ours": OURS_NAME, "v2": V2_NAME, V2_NAME.lower(): V2_NAME}

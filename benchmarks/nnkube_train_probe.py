@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import harness  # this folder; stdlib only, so it imports in either venv
 
 
 def _buffered_batches(augmenter: Any) -> int:
@@ -73,12 +74,7 @@ def measure(preprocessed: Path, output: Path, configuration: str, fold: int, ite
         "n_proc_da": data.train.num_workers,
         "batch_size": int(trainer.stage_plan.batch_size),
         "patch_size": [int(v) for v in trainer.stage_plan.patch_size],
-        "setup_s": setup_s,
-        "iterations": iterations,
-        "seconds_per_iteration_median": statistics.median(step_s) if step_s else None,
-        "seconds_per_iteration_mean": statistics.fmean(step_s) if step_s else None,
-        "loader_batches": loader_batches,
-        "loader_batches_per_s": loader_batches / loader_s if loader_s > 0 else None,
+        **harness.iteration_timings(setup_s, iterations, step_s, loader_batches, loader_s),
     }
 
 

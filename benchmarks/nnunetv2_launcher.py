@@ -46,11 +46,12 @@ import contextlib
 import json
 import os
 import resource
-import statistics
 import sys
 import time
 from collections.abc import Iterator
 from typing import Any
+
+import harness  # this folder; stdlib only, so it imports in either venv
 
 sys.modules["torchvision"] = None  # type: ignore[assignment]  # see the module docstring
 
@@ -158,12 +159,7 @@ def train_iterations(dataset_id: int, configuration: str, fold: int, iterations:
         "n_proc_da": int(os.environ.get("nnUNet_n_proc_DA", "-1")),
         "batch_size": int(trainer.batch_size),
         "patch_size": [int(v) for v in trainer.configuration_manager.patch_size],
-        "setup_s": setup_s,
-        "iterations": iterations,
-        "seconds_per_iteration_median": statistics.median(step_s) if step_s else None,
-        "seconds_per_iteration_mean": statistics.fmean(step_s) if step_s else None,
-        "loader_batches": loader_batches,
-        "loader_batches_per_s": loader_batches / loader_s if loader_s > 0 else None,
+        **harness.iteration_timings(setup_s, iterations, step_s, loader_batches, loader_s),
         "torchvision_imported": sys.modules.get("torchvision") is not None,
     }
 
