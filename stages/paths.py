@@ -10,10 +10,14 @@ import os
 import re
 from pathlib import Path
 
+from stages import storage
 from stages.errors import BadInputError
 from stages.plan.models import PLANS_IDENTIFIER
 
 _TASK_RE = re.compile(r"^Task(\d{2,3})_(.+)$")
+LOWRES_CONFIGURATION = "3d_lowres"
+CASCADE_CONFIGURATION = "3d_cascade_fullres"
+PRED_NEXT_STAGE = "pred_next_stage"  # the 3d_lowres trainer folder's predictions for the cascade
 
 
 def env_folder(var: str) -> Path:
@@ -61,3 +65,15 @@ def trainer_dir(results_folder: Path, configuration: str, task: str, trainer: st
 def fold_dir(trainer_folder: Path, fold: int | str) -> Path:
     """``<trainer folder>/fold_<f>`` (``fold_all`` for fold "all")."""
     return trainer_folder / f"fold_{fold}"
+
+
+def lowres_prediction_folder(trainer_folder: str, previous_trainer: str, plans_identifier: str) -> str:
+    """nnU-Net v1's ``pred_next_stage`` location for a cascade trainer folder (local path or ``s3://`` URI).
+
+    ``<results>/nnUNet/3d_cascade_fullres/<task>/<trainer>__<plans>`` ->
+    ``<results>/nnUNet/3d_lowres/<task>/<previous_trainer>__<plans>/pred_next_stage``.
+    """
+    task_folder = storage.parent(trainer_folder)
+    results = storage.parent(storage.parent(task_folder))
+    return storage.join(results, LOWRES_CONFIGURATION, storage.basename(task_folder),
+                        f"{previous_trainer}__{plans_identifier}", PRED_NEXT_STAGE)

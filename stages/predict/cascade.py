@@ -28,6 +28,7 @@ import numpy as np
 
 from stages.errors import BadInputError, DatasetError
 from stages.imageio import read_image
+from stages.paths import CASCADE_CONFIGURATION, LOWRES_CONFIGURATION, PRED_NEXT_STAGE
 from stages.preprocess.models import CaseProperties, properties_file
 from stages.preprocess.preprocessor import PreprocessParams, save_npy_atomic
 from stages.preprocess.resampling import resample_data_or_seg, resize_segmentation
@@ -35,24 +36,7 @@ from stages.train.data import prev_stage_file
 
 log = logging.getLogger(__name__)
 
-PRED_NEXT_STAGE = "pred_next_stage"
 LOWRES_PREDICTIONS = "3d_lowres_predictions"
-LOWRES_CONFIGURATION = "3d_lowres"
-CASCADE_CONFIGURATION = "3d_cascade_fullres"
-
-
-def lowres_prediction_folder(trainer_folder: str, previous_trainer: str, plans_identifier: str) -> str:
-    """nnU-Net v1's ``pred_next_stage`` location for a cascade trainer folder (local path or ``s3://`` URI).
-
-    ``<results>/nnUNet/3d_cascade_fullres/<task>/<trainer>__<plans>`` ->
-    ``<results>/nnUNet/3d_lowres/<task>/<previous_trainer>__<plans>/pred_next_stage``.
-    """
-    from stages import storage
-
-    task_folder = storage.parent(trainer_folder)
-    results = storage.parent(storage.parent(task_folder))
-    return storage.join(results, LOWRES_CONFIGURATION, storage.basename(task_folder),
-                        f"{previous_trainer}__{plans_identifier}", PRED_NEXT_STAGE)
 
 
 def onehot_foreground(seg: np.ndarray, num_classes: int) -> np.ndarray:

@@ -21,12 +21,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from stages.errors import BadInputError, DatasetError
-from stages.predict.cascade import (
-    CASCADE_CONFIGURATION,
-    load_prev_stage_seg,
-    lowres_prediction_folder,
-    onehot_foreground,
-)
+from stages.paths import CASCADE_CONFIGURATION, lowres_prediction_folder
+from stages.predict.cascade import load_prev_stage_seg, onehot_foreground
 from stages.train.data import prev_stage_file
 from stages.train.trainer import nnUNetTrainerV2
 

@@ -26,6 +26,7 @@ import typer
 
 from stages import storage
 from stages.errors import BadInputError
+from stages.paths import CASCADE_CONFIGURATION, PRED_NEXT_STAGE, lowres_prediction_folder
 from stages.stagekit.guard import WriteGuard
 from stages.stagekit.options import raw_prefix_option, result_json_option
 from stages.train.fold_sync import (
@@ -119,9 +120,6 @@ def stage_preprocessed(preprocessed: str, inputs: list[str], dest: Path) -> Path
     return dest
 
 
-CASCADE_CONFIGURATION = "3d_cascade_fullres"
-
-
 def prev_stage_prefix(prev_stage: str | None, output: str, configuration: str, trainer: str,
                       plans_identifier: str) -> str | None:
     """The prefix (ending in ``/``) of the 3d_lowres segmentations a cascade fold reads; None for other configurations.
@@ -138,7 +136,6 @@ def prev_stage_prefix(prev_stage: str | None, output: str, configuration: str, t
             raise BadInputError(f"--prev-stage is for {CASCADE_CONFIGURATION} only, not {configuration}")
         return None
     if prev_stage is None:
-        from stages.predict.cascade import lowres_prediction_folder
         from stages.train.trainer import get_trainer_class
 
         previous = getattr(get_trainer_class(trainer), "previous_trainer", "nnUNetTrainerV2")
@@ -146,7 +143,7 @@ def prev_stage_prefix(prev_stage: str | None, output: str, configuration: str, t
     prefix = prev_stage.rstrip("/") + "/"
     if not storage.list_prefix(prefix):
         raise BadInputError(f"no previous-stage segmentations under {prefix}: train and validate every 3d_lowres "
-                            f"fold first (each writes its validation cases to pred_next_stage/), or pass "
+                            f"fold first (each writes its validation cases to {PRED_NEXT_STAGE}/), or pass "
                             f"--prev-stage")
     return prefix
 
